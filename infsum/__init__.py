@@ -1,0 +1,34 @@
+"""infsum: summarize whole books with an Infini-attention language model, in constant memory.
+
+Library first: ``load_book`` reads EPUB, PDF and text; ``summarize`` streams a book through the
+model and returns a ``SummaryResult``; ``score`` computes ROUGE. See README.md and docs/design.md.
+Names are imported lazily so that ``import infsum`` (and ``infsum --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_book": "infsum.readers",
+    "Book": "infsum.readers",
+    "Chapter": "infsum.readers",
+    "score": "infsum.scoring",
+    "score_files": "infsum.scoring",
+    "RougeScores": "infsum.scoring",
+    "MemoryConfig": "infsum.config",
+    "GenerationConfig": "infsum.config",
+    "SummarizeConfig": "infsum.config",
+    "InfsumError": "infsum.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'infsum' has no attribute {name!r}")

@@ -1,0 +1,69 @@
+"""Every error infsum raises for a user to act on, in one place.
+
+Policy (after pypdf):
+- raise an ``InfsumError`` subclass when the caller must handle the case (a missing file, a book
+  with no text, a model that cannot be loaded); the CLI prints its message as one line and exits 2;
+- call ``warnings.warn`` when the user must change how they call infsum;
+- log (``logging.getLogger("infsum")``) when infsum recovered by itself (a broken EPUB chapter,
+  an image-only page inside an otherwise readable PDF).
+
+Messages name the file and the fix, and fit on one line.
+"""
+
+from __future__ import annotations
+
+
+class InfsumError(Exception):
+    """Base class: a failure the user can understand and fix."""
+
+
+class UnsupportedFormatError(InfsumError):
+    """The file's suffix is not one infsum can read."""
+
+
+class BookNotFoundError(InfsumError):
+    """The input path does not exist or is not a file."""
+
+
+class EmptyDocumentError(InfsumError):
+    """The document was read but holds no usable text."""
+
+
+class CorruptDocumentError(InfsumError):
+    """The document is damaged or not what its suffix says (bad zip, bad PDF)."""
+
+
+class UnsafeDocumentError(CorruptDocumentError):
+    """The archive tries something dangerous (zip bomb, path escape, external XML entity)."""
+
+
+class EncryptedDocumentError(InfsumError):
+    """The PDF is encrypted and the given (or empty) password does not open it."""
+
+
+class NeedsOCRError(InfsumError):
+    """The PDF has no text layer (a scan): it needs OCR first."""
+
+
+class ModelLoadError(InfsumError):
+    """The model could not be found, fetched or loaded."""
+
+
+class TokenizerError(InfsumError):
+    """The model's tokenizer could not be built or does not match the reference."""
+
+
+class PatchError(InfsumError):
+    """The model's architecture cannot be converted to Infini-attention."""
+
+
+class CheckpointError(InfsumError):
+    """A memory state, adapter or training checkpoint file is missing, damaged or mismatched."""
+
+
+class ConfigError(InfsumError):
+    """An option value is invalid (a bad segment length, an unknown strategy)."""
+
+
+class ScoringError(InfsumError):
+    """A summary or reference file to score is missing or empty."""
