@@ -1,0 +1,103 @@
+"""The paper's compressive memory as pure functions on tensors (arXiv 2404.07143, section 2.1.2).
+
+Equation numbers follow the paper: (3) the read (with sigma = ELU + 1), (4) the linear update,
+(5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``patch.py`` calls these
+once per layer per segment.
+
+Axis letters: b batch, h key/value heads, n tokens (query heads of one kv group folded in for reads),
+d d_key, e d_value. M and z are always float32, whatever the model's dtype (half precision overflows
+after a few hundred thousand tokens, see docs/infini-attention.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Rule = Literal["delta", "linear"]
+
+# the normaliser sigma(q) z is a sum of positive terms once anything was written; the floor only
+# turns the "nothing written yet" case (z = 0, M = 0) into a read of exactly 0 instead of 0/0
+_DENOM_FLOOR = 1e-30
+
+
+class MemoryState(NamedTuple):
+    """Per-layer memories, a value passed in and out of the model (``None`` = empty memory).
+
+    ``M[i]`` is layer i's (b, h_kv, d_k, d_v) associative matrix, ``z[i]`` its (b, h_kv, d_k)
+    normaliser; both float32. Tensors are never modified in place.
+    """
+
+    M: tuple[Tensor, ...]
+    z: tuple[Tensor, ...]
+
+    @property
+    def n_layers(self) -> int:
+        """How many layers hold a memory."""
+        return len(self.M)
+
+    def detach(self) -> MemoryState:
+        """The same memory cut from the autograd graph (truncated back-propagation through time)."""
+        return MemoryState(tuple(m.detach() for m in self.M), tuple(z.detach() for z in self.z))
+
+    def to(self, device: torch.device | str) -> MemoryState:
+        """The same memory on ``device`` (still float32)."""
+        return MemoryState(tuple(m.to(device) for m in self.M), tuple(z.to(device) for z in self.z))
+
+
+def sigma(x: Tensor) -> Tensor:
+    """ELU + 1, the paper's non-linearity; computed in float32 so memory math never runs in half."""
+    return F.elu(x.float()) + 1.0  # eq (3)
+
+
+def _retrieve(sx: Tensor, M: Tensor, z: Tensor) -> Tensor:
+    """sigma(x) M / (sigma(x) z) for sx (b, h, n, d), M (b, h, d, e), z (b, h, d) -> (b, h, n, e)."""
+    num = sx @ M  # (b, h, n, e)
+    den = (sx @ z.unsqueeze(-1)).clamp_min(_DENOM_FLOOR)  # (b, h, n, 1)
+    return num / den
+
+
+def read_memory(sq: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
+    """A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}) (eq 7), float32.
+
+    ``sq`` is sigma(Q) shaped (b, h_kv, n, d_k), i.e. the query heads of each kv group folded into
+    n; with an empty memory (``M is None``) the read is 0, as the paper states for z = 0.
+    """
+    if M is None or z is None:
+        return sq.new_zeros(*sq.shape[:-1], 0)  # caller treats a (…, 0) read as "no memory yet"
+    return _retrieve(sq, M, z)  # eq (3)
+
+
+def update_memory(
+    sk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None, *, rule: Rule = "delta"
+) -> tuple[Tensor, Tensor]:
+    """Write one segment: sk = sigma(K) (b, h_kv, n, d_k), v (b, h_kv, n, d_v) -> new (M, z), float32.
+
+    linear: M_s = M_{s-1} + sigma(K)^T V (eq 4); delta: M_s = M_{s-1} + sigma(K)^T (V - sigma(K) M_{s-1}
+    / (sigma(K) z_{s-1})) (eq 5). z_s = z_{s-1} + sum_t sigma(K_t) for both.
+    """
+    v = v.float()
+    if M is not None and z is not None and rule == "delta":
+        v = v - _retrieve(sk, M, z)  # eq (5): write only what memory does not already return
+    elif rule not in ("delta", "linear"):
+        raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig is typed
+    dM = sk.transpose(-1, -2) @ v  # (b, h, d, e), eq (4)/(5)
+    dz = sk.sum(dim=-2)  # (b, h, d)
+    if M is None or z is None:
+        return dM, dz
+    return M + dM, z + dz
+
+
+def gate(a_mem: Tensor | None, a_dot: Tensor, beta: Tensor) -> Tensor:
+    """A = sigmoid(beta) A_mem + (1 - sigmoid(beta)) A_dot (eq 6), in a_dot's dtype.
+
+    a_mem, a_dot (b, h_q, n, d_v); beta (h_q,), one scalar per query head. ``a_mem=None`` (empty
+    memory) reads as 0.
+    """
+    g = torch.sigmoid(beta.float()).view(-1, 1, 1)  # (h_q, 1, 1) broadcasts over b, n, d_v
+    if a_mem is None:
+        return ((1.0 - g) * a_dot.float()).to(a_dot.dtype)
+    return (g * a_mem + (1.0 - g) * a_dot.float()).to(a_dot.dtype)  # eq (6)

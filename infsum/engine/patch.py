@@ -1,0 +1,353 @@
+"""Giving a loaded Hugging Face Llama-family model Infini memories (the only module that knows HF).
+
+``InfiniModel`` does not swap or hook HF's attention: it runs the HF model's own submodules (the
+embedding, each layer's norms, q/k/v/o projections and MLP, the final norm, the LM head and the
+model's rotary embedding) layer by layer, with the paper's memory beside the local attention. So the
+HF model itself is never changed (wrapping needs no restore), memory is a value in and out, and
+the code does not depend on HF's attention internals, which change between versions.
+
+Per layer and segment (docs/infini-attention.md): Q, K, V from the layer's projections; the memory
+is read with sigma(Q) and written with sigma(K), V BEFORE RoPE; RoPE and causal softmax attention
+(SDPA) only on the local path, with positions restarting at 0 in every segment; one gate scalar
+beta per query head mixes the two; then W_O.
+
+Axis letters: b batch, n tokens, s cache slots, L layers, h query heads, k key/value heads,
+g query heads per kv head, d head dim.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from infsum.config import MemoryConfig
+from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
+from infsum.errors import CheckpointError, ConfigError, PatchError
+
+SUPPORTED = ("llama", "mistral", "qwen2")  # config.model_type values with the Llama layer layout
+_LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+_ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# torch >= 2.5 lets SDPA share each kv head among its g query heads without copying K and V
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+Logits = Literal["all", "last", "none"]
+
+
+@dataclass
+class LocalCache:
+    """Preallocated keys and values of the current local segment, for generation.
+
+    ``k`` holds RoPE-rotated keys (local attention), ``k_raw`` the same keys before RoPE (what the
+    memory is written with when the segment is full), ``v`` the values; each (L, b, k, s, d) in the
+    model's dtype. ``pos`` = how many slots are filled. Mutable on purpose: owned by one generation.
+    """
+
+    k: Tensor
+    k_raw: Tensor
+    v: Tensor
+    pos: int = 0
+
+    @property
+    def size(self) -> int:
+        """Slots in the cache (the segment length)."""
+        return self.k.shape[3]
+
+
+class InfiniModel(nn.Module):
+    """A loaded HF Llama-family causal LM with one Infini memory per layer per kv head.
+
+    ``gates`` (L, h) holds the paper's beta, one per query head per layer (float32 Parameter);
+    ``infini_state_dict`` lists everything Infini-specific that is trained and saved as an adapter.
+    """
+
+    def __init__(self, hf_model: nn.Module, cfg: MemoryConfig) -> None:
+        super().__init__()
+        _check_supported(hf_model, cfg)
+        c = hf_model.config
+        self.hf = hf_model
+        self.cfg = cfg
+        self.name = str(getattr(c, "_name_or_path", "") or getattr(c, "model_type", "model"))
+        self.n_layers = c.num_hidden_layers
+        self.n_heads = c.num_attention_heads
+        self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.groups = self.n_heads // self.n_kv
+        attn0 = hf_model.model.layers[0].self_attn
+        self.scale = float(getattr(attn0, "scaling", self.head_dim**-0.5))
+        self.attn_dropout = float(getattr(c, "attention_dropout", 0.0) or 0.0)
+        device = next(hf_model.parameters()).device
+        self.gates = nn.Parameter(torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device))
+        self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        state: MemoryState | None = None,
+        *,
+        logits: Logits = "all",
+        write: bool = True,
+    ) -> tuple[Tensor | None, MemoryState | None]:
+        """Run one segment (b, n) at positions 0..n-1 -> (logits, new memory state).
+
+        The segment reads ``state`` (written by earlier segments) and, with ``write``, is added to
+        it; ``logits`` picks (b, n, V), the last position's (b, V), or None (reading only).
+        Differentiable; the returned state is a new value (``state`` is not changed).
+        """
+        return self._run(input_ids, state, pos=0, cache=None, write=write, logits=logits)
+
+    def forward_segments(
+        self,
+        segments: list[Tensor],
+        state: MemoryState | None = None,
+        *,
+        checkpoint: bool = False,
+    ) -> tuple[list[Tensor], MemoryState | None]:
+        """Run consecutive segments with back-propagation through time -> (logits per segment, state).
+
+        With ``checkpoint``, each segment's activations are recomputed in the backward pass
+        (gradient checkpointing per segment, as in the paper), so memory grows with one segment.
+        """
+        outs = []
+        for seg in segments:
+            if checkpoint and torch.is_grad_enabled():
+                out, state = _checkpoint(self._run_all_logits, seg, state, use_reentrant=False)
+            else:
+                out, state = self.forward(seg, state)
+            outs.append(out)
+        return outs, state
+
+    def new_cache(self, batch: int = 1) -> LocalCache:
+        """An empty preallocated local cache of one segment for ``batch`` streams."""
+        p = next(self.hf.parameters())
+        shape = (self.n_layers, batch, self.n_kv, self.cfg.segment_len, self.head_dim)
+        return LocalCache(*(torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(3)))
+
+    def decode(self, input_ids: Tensor, state: MemoryState | None, cache: LocalCache) -> Tensor:
+        """Continue the local segment in ``cache`` with (b, m) tokens -> last position's logits (b, V).
+
+        The tokens take positions cache.pos.. and are appended to the cache; memory is only read
+        (call ``commit`` when the cache is full). Raises if they do not fit in the segment.
+        """
+        m = input_ids.shape[1]
+        assert cache.pos + m <= cache.size, "decode past the segment end: commit the cache first"
+        out, _ = self._run(input_ids, state, pos=cache.pos, cache=cache, write=False, logits="last")
+        cache.pos += m
+        return out
+
+    def commit(self, state: MemoryState | None, cache: LocalCache) -> MemoryState | None:
+        """Write the cached local segment into memory and empty the cache -> new memory state."""
+        n = cache.pos
+        cache.pos = 0
+        if not self.cfg.enabled or n == 0:
+            return state
+        Ms, zs = [], []
+        for i in range(self.n_layers):
+            M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
+            sk = sigma(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
+            M, z = update_memory(sk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
+            Ms.append(M)
+            zs.append(z)
+        return MemoryState(tuple(Ms), tuple(zs))
+
+    def infini_state_dict(self) -> dict[str, Tensor]:
+        """The Infini-specific trained tensors (today the gates), as saved in an adapter."""
+        return {"gates": self.gates.detach()}
+
+    # ---- the layer loop ---------------------------------------------------------------------
+
+    def _run_all_logits(self, ids: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState | None]:
+        return self._run(ids, state, pos=0, cache=None, write=True, logits="all")
+
+    def _run(
+        self,
+        ids: Tensor,
+        state: MemoryState | None,
+        *,
+        pos: int,
+        cache: LocalCache | None,
+        write: bool,
+        logits: Logits,
+    ) -> tuple[Tensor | None, MemoryState | None]:
+        """ids (b, n) at local positions pos..pos+n-1 through every layer."""
+        m = self.hf.model
+        h = m.embed_tokens(ids)  # (b, n, hidden)
+        cos, sin = self._rope(pos, ids.shape[1], h)
+        write = write and self.cfg.enabled
+        Ms, zs = [], []
+        for i, layer in enumerate(m.layers):
+            M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
+            a, M, z = self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, M, z,
+                                      pos=pos, cache=cache, write=write)
+            h = h + a
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            Ms.append(M)
+            zs.append(z)
+        new_state = MemoryState(tuple(Ms), tuple(zs)) if write else state
+        if logits == "none":
+            return None, new_state
+        if logits == "last":
+            h = h[:, -1]
+        return self.hf.lm_head(m.norm(h)), new_state
+
+    def _attention(
+        self,
+        i: int,
+        attn: nn.Module,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        M: Tensor | None,
+        z: Tensor | None,
+        *,
+        pos: int,
+        cache: LocalCache | None,
+        write: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z)."""
+        b, n, _ = x.shape
+        kh, g, d = self.n_kv, self.groups, self.head_dim
+        q = attn.q_proj(x).view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
+        k = attn.k_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
+        v = attn.v_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
+
+        a_mem = None
+        if self.cfg.enabled and M is not None:
+            # query head j belongs to kv head j // g (HF's repeat_kv): fold the g heads into n
+            sq = sigma(q.reshape(b, kh, g * n, d))  # (b, k, g*n, d), before RoPE
+            a_mem = read_memory(sq, M, z).view(b, kh * g, n, d)  # read before the update
+        if write:
+            M, z = update_memory(sigma(k), v, M, z, rule=self.cfg.update)  # keys before RoPE
+
+        qr, kr = _rotate(q, cos, sin), _rotate(k, cos, sin)  # RoPE only on the local path
+        if cache is not None:
+            cache.k[i, :, :, pos : pos + n] = kr
+            cache.k_raw[i, :, :, pos : pos + n] = k
+            cache.v[i, :, :, pos : pos + n] = v
+            kr, v = cache.k[i, :, :, : pos + n], cache.v[i, :, :, : pos + n]
+        a_dot = self._sdpa(qr, kr, v, pos=pos)  # (b, h, n, d)
+
+        a = gate(a_mem, a_dot, self.gates[i])  # (b, h, n, d)
+        return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, *, pos: int) -> Tensor:
+        """Causal softmax attention of q (b, h, n, d) at positions pos.. over k, v (b, k, pos+n, d)."""
+        n = q.shape[2]
+        mask, causal = None, pos == 0 and n > 1
+        if pos > 0 and n > 1:  # a chunk after cached tokens: causal within, full over the past
+            mask = self._causal_mask(pos + n, q.device)[pos : pos + n]
+        dropout = self.attn_dropout if self.training else 0.0
+        if _SDPA_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                  dropout_p=dropout, scale=self.scale, enable_gqa=True)
+        k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=dropout, scale=self.scale)
+
+    # ---- constants built once per shape -----------------------------------------------------
+
+    def _rope(self, pos: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin (n, d) for local positions pos..pos+n-1, from the HF model's rotary module."""
+        size = max(self.cfg.segment_len, pos + n)
+        key = ("rope", size, like.device, like.dtype)
+        if key not in self._consts:
+            ids = torch.arange(size, device=like.device)[None]
+            with torch.no_grad():
+                cos, sin = self.hf.model.rotary_emb(like[:1, :1], ids)  # (1, size, d)
+            self._consts = {k: t for k, t in self._consts.items() if k[0] != "rope"}
+            self._consts[key] = torch.stack([cos[0], sin[0]])
+        table = self._consts[key][:, pos : pos + n]
+        return table[0], table[1]
+
+    def _causal_mask(self, n: int, device: torch.device) -> Tensor:
+        """(n', n') lower-triangular bool mask with n' >= n, sliced to n columns."""
+        size = max(self.cfg.segment_len, n)
+        key = ("mask", size, device)
+        if key not in self._consts:
+            self._consts[key] = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+        return self._consts[key][:n, :n]
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE in the HF Llama convention (rotate_half pairs dim i with i + d/2): x (b, h, n, d)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _check_supported(model: nn.Module, cfg: MemoryConfig) -> None:
+    """Raise PatchError unless ``model`` has the Llama layer layout InfiniModel runs."""
+    c = getattr(model, "config", None)
+    kind = getattr(c, "model_type", type(model).__name__)
+    if kind not in SUPPORTED:
+        raise PatchError(f"model type {kind!r} cannot get Infini memories: use a Llama-family model "
+                         f"({', '.join(SUPPORTED)})")
+    base = getattr(model, "model", None)
+    parts = [getattr(base, p, None) for p in ("embed_tokens", "layers", "norm", "rotary_emb")]
+    if any(p is None for p in parts) or getattr(model, "lm_head", None) is None:
+        raise PatchError(f"{kind} model lacks embed_tokens/layers/norm/rotary_emb/lm_head: "
+                         "upgrade transformers to >= 4.45")
+    for layer in base.layers:
+        if not all(hasattr(layer, p) for p in _LAYER_PARTS) or not all(
+            hasattr(layer.self_attn, p) for p in _ATTN_PARTS
+        ):
+            raise PatchError(f"{kind} layer lacks the q/k/v/o projections, norms or MLP InfiniModel needs")
+    if cfg.segment_len < 1:
+        raise ConfigError(f"segment length must be positive, got {cfg.segment_len}")
+    window = getattr(c, "sliding_window", None)
+    windowed = kind == "mistral" or getattr(c, "use_sliding_window", False)
+    if window and windowed and cfg.segment_len > window:
+        raise ConfigError(f"segment length {cfg.segment_len} exceeds the model's sliding window "
+                          f"{window}: use --segment-len {window} or less")
+
+
+def convert(model: nn.Module, cfg: MemoryConfig | None = None) -> InfiniModel:
+    """Wrap a loaded HF Llama-family causal LM as an InfiniModel (the HF model stays unchanged).
+
+    The gates are created on the model's device; raises PatchError for an unsupported architecture.
+    """
+    return InfiniModel(model, cfg or MemoryConfig())
+
+
+def save_adapter(model: InfiniModel, path: str | Path, card: dict[str, Any]) -> None:
+    """Save the Infini parameters (``infini_state_dict``) as safetensors with ``card`` as JSON metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.infini_state_dict().items()}
+    save_file(tensors, str(path), metadata={"card": json.dumps(card)})
+
+
+def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
+    """Load Infini parameters saved by ``save_adapter`` into ``model`` -> the adapter's card.
+
+    Never unpickles. Raises CheckpointError for a missing or damaged file, or names/shapes that do
+    not match this model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"adapter {path} not found: check the path or train one first")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            card = json.loads((f.metadata() or {}).get("card", "{}"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"adapter {path} is damaged ({e}): save it again") from e
+    own = model.infini_state_dict()
+    if set(tensors) != set(own):
+        raise CheckpointError(f"adapter {path} holds {sorted(tensors)}, this model expects {sorted(own)}")
+    for k, t in tensors.items():
+        if t.shape != own[k].shape:
+            raise CheckpointError(f"adapter {path}: {k} has shape {tuple(t.shape)}, this model needs "
+                                  f"{tuple(own[k].shape)}: it was trained for another model")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for k, t in tensors.items():
+            params[k].copy_(t.to(params[k].dtype))
+    return card

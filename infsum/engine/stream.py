@@ -1,0 +1,235 @@
+"""The one segment loop: streaming tokens into memory, generating from it, saving and loading state.
+
+A ``ReaderState`` is the memory of every complete segment read so far plus the token ids of the
+current, incomplete segment. Those pending tokens are only run through the model when their segment
+fills (or when generation starts), so reading a text in one call or in any number of pieces runs the
+very same segments and gives bit-identical state and output. The reader streams one text (batch 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from infsum.config import GenerationConfig, MemoryConfig
+from infsum.engine.memory import MemoryState
+from infsum.engine.patch import InfiniModel
+from infsum.errors import CheckpointError, ConfigError
+
+Progress = Callable[[int, int], None]
+STATE_FORMAT = "infsum-state/1"
+
+
+@dataclass(frozen=True)
+class ReaderState:
+    """What the reader knows after some tokens: complete segments in memory, the rest pending.
+
+    ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
+    token read; ``segment_len``, ``update`` and ``model_name`` say how the memory was built.
+    """
+
+    memory: MemoryState | None
+    pending: Tensor
+    n_read: int
+    segment_len: int
+    update: str
+    model_name: str
+
+
+class InfiniReader:
+    """Streams token ids through an InfiniModel segment by segment, then generates from the memory."""
+
+    def __init__(self, model: InfiniModel, cfg: MemoryConfig | None = None) -> None:
+        self.model = model
+        self.cfg = cfg or model.cfg
+        if self.cfg != model.cfg:
+            raise ConfigError("InfiniReader's MemoryConfig differs from the model's: convert the model "
+                              "with the same MemoryConfig")
+        self.device = next(model.parameters()).device
+
+    def empty(self) -> ReaderState:
+        """The state before any token was read."""
+        return ReaderState(None, torch.empty(0, dtype=torch.long), 0, self.cfg.segment_len,
+                           self.cfg.update, self.model.name)
+
+    @torch.inference_mode()
+    def read(self, ids: Iterable[int] | Tensor, state: ReaderState | None = None,
+             progress: Progress | None = None) -> ReaderState:
+        """Read ``ids`` after ``state`` (None = from the start) -> the new state.
+
+        Every complete segment is written into memory; the incomplete tail stays pending.
+        ``progress(done, total)`` is called after each segment, in tokens of this call.
+        """
+        state = self._check(state or self.empty())
+        ids = torch.as_tensor(ids if isinstance(ids, Tensor) else list(ids), dtype=torch.long).cpu()
+        buf = torch.cat([state.pending, ids.flatten()])
+        memory, n_full = self._run_full_segments(buf, state.memory, len(ids), len(state.pending), progress)
+        return replace(state, memory=memory, pending=buf[n_full:].clone(), n_read=state.n_read + len(ids))
+
+    def _run_full_segments(self, buf: Tensor, memory: MemoryState | None, total: int, skip: int,
+                           progress: Progress | None) -> tuple[MemoryState | None, int]:
+        """Write every complete segment of buf into memory -> (memory, tokens consumed)."""
+        seg = self.cfg.segment_len
+        n_full = len(buf) // seg * seg
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, n_full, seg):
+                chunk = buf[start : start + seg].to(self.device, non_blocking=True)[None]
+                _, memory = self.model(chunk, memory, logits="none")
+                if progress is not None:
+                    progress(min(start + seg - skip, total), total)
+        finally:
+            self.model.train(was_training)
+        return memory, n_full
+
+    @torch.inference_mode()
+    def generate(self, state: ReaderState | None, prompt_ids: Iterable[int] | Tensor,
+                 gen: GenerationConfig | None = None, stop_ids: Iterable[int] = (),
+                 on_token: Callable[[int], None] | None = None) -> list[int]:
+        """Generate after the state's memory: pending tokens + prompt start the local segment.
+
+        Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
+        top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
+        look at the generated tokens only (not the book or prompt). ``on_token`` sees each token.
+        """
+        gen = gen or GenerationConfig()
+        state = self._check(state or self.empty())
+        prompt = torch.as_tensor(
+            prompt_ids if isinstance(prompt_ids, Tensor) else list(prompt_ids), dtype=torch.long
+        ).cpu()
+        local = torch.cat([state.pending, prompt.flatten()])
+        if len(local) == 0:
+            raise ConfigError("nothing to generate from: give a prompt (the chat template at least)")
+        seg = self.cfg.segment_len
+        n_full = (len(local) - 1) // seg * seg  # keep 1..seg tokens for the local segment
+        memory, _ = self._run_full_segments(local[:n_full], state.memory, n_full, 0, None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._decode_loop(local[n_full:], memory, gen, set(stop_ids), on_token)
+        finally:
+            self.model.train(was_training)
+
+    def _decode_loop(self, local: Tensor, memory: MemoryState | None, gen: GenerationConfig,
+                     stop: set[int], on_token: Callable[[int], None] | None) -> list[int]:
+        """Prefill the local segment, then one token at a time, rolling into memory when it fills."""
+        cache = self.model.new_cache(1)
+        logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
+        sampler = _Sampler(gen, logits.shape[-1], self.device)
+        out: list[int] = []
+        for _ in range(gen.max_new_tokens):
+            tok = sampler.choose(logits, out)
+            if tok in stop:
+                break
+            out.append(tok)
+            if on_token is not None:
+                on_token(tok)
+            if cache.pos == cache.size:  # the local segment is full: it becomes memory
+                memory = self.model.commit(memory, cache)
+            step = torch.tensor([[tok]], device=self.device)
+            logits = self.model.decode(step, memory, cache)[0]
+        return out
+
+    def _check(self, state: ReaderState) -> ReaderState:
+        """Raise CheckpointError if ``state`` was built with another segment length, rule or model."""
+        if state.segment_len != self.cfg.segment_len or state.update != self.cfg.update:
+            raise CheckpointError(f"state was read with segment length {state.segment_len} and the "
+                                  f"{state.update} rule, this reader uses {self.cfg.segment_len} and "
+                                  f"{self.cfg.update}: read the book again or match the settings")
+        m = self.model
+        want = (m.n_layers, m.n_kv, m.head_dim)
+        if state.memory is not None:
+            got = (state.memory.n_layers, state.memory.M[0].shape[1], state.memory.M[0].shape[2])
+            if got != want:
+                raise CheckpointError(f"state memory has (layers, kv heads, head dim) {got}, model "
+                                      f"{m.name} needs {want}: read the book again with this model")
+            if state.memory.M[0].device != self.device:
+                state = replace(state, memory=state.memory.to(self.device))
+        return state
+
+
+class _Sampler:
+    """Picks the next token: repetition penalty, no-repeat n-grams, then greedy or top-p sampling."""
+
+    def __init__(self, gen: GenerationConfig, vocab: int, device: torch.device) -> None:
+        self.gen = gen
+        self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)  # generated so far
+        self.ngrams: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
+        self.rng = None
+        if gen.temperature > 0:
+            self.rng = torch.Generator(device=device)
+            self.rng.manual_seed(gen.seed if gen.seed is not None else torch.seed())
+
+    def choose(self, logits: Tensor, out: list[int]) -> int:
+        """Next token id after the generated ``out`` given the last position's logits (V,)."""
+        gen, n = self.gen, self.gen.no_repeat_ngram
+        if out:
+            self.seen[out[-1]] = True
+            if n > 0 and len(out) >= n:
+                self.ngrams.setdefault(tuple(out[-n:-1]), set()).add(out[-1])
+        logits = logits.float()
+        if gen.repetition_penalty != 1.0:  # CTRL-style: shrink the logits of repeated tokens
+            p = gen.repetition_penalty
+            logits = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        if n > 0 and len(out) >= n - 1:
+            banned = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
+            if banned:
+                logits[list(banned)] = float("-inf")
+        if self.rng is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / gen.temperature, dim=-1)
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > gen.top_p  # keep the smallest set reaching top_p
+        sorted_p[drop] = 0.0
+        return int(order[torch.multinomial(sorted_p, 1, generator=self.rng)])
+
+
+def save_state(state: ReaderState, path: str | Path) -> None:
+    """Save a reader state as safetensors (+ JSON metadata).
+
+    The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats) and the pending ids in a
+    fixed segment_len slot, so its size does not depend on the book's length (a state whose memory
+    is still empty, a book shorter than one segment, is smaller). Pending tokens are re-run on use.
+    """
+    seg = state.segment_len
+    pending = torch.zeros(seg, dtype=torch.long)
+    pending[: len(state.pending)] = state.pending
+    tensors = {"pending": pending, "counts": torch.tensor([len(state.pending), state.n_read])}
+    if state.memory is not None:
+        for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
+            tensors[f"M.{i}"] = M.detach().cpu().contiguous()
+            tensors[f"z.{i}"] = z.detach().cpu().contiguous()
+    meta = {"format": STATE_FORMAT, "segment_len": str(seg), "update": state.update,
+            "model": state.model_name}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_state(path: str | Path) -> ReaderState:
+    """Load a state saved by ``save_state`` (never unpickles); CheckpointError if missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"state file {path} not found: read the book first (or check the path)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        if meta.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path} is not an infsum state file: read the book again")
+        n_layers = sum(1 for k in tensors if k.startswith("M."))
+        memory = None
+        if n_layers:
+            memory = MemoryState(tuple(tensors[f"M.{i}"] for i in range(n_layers)),
+                                 tuple(tensors[f"z.{i}"] for i in range(n_layers)))
+        n_pending, n_read = (int(x) for x in tensors["counts"])
+        return ReaderState(memory, tensors["pending"][:n_pending].clone(), n_read,
+                           int(meta["segment_len"]), meta["update"], meta.get("model", ""))
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
