@@ -1,0 +1,207 @@
+"""Resumable directory runs: summarize every book under a folder, writing each result as it finishes.
+
+Layout: ``OUT/<relative folder>/<stem>.summary.md`` and ``.summary.json`` per book, plus one JSON
+line per attempt in ``OUT/results.jsonl``. A rerun skips books whose last record is ``ok`` and
+whose files exist, and retries the others, so an interrupted batch loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import SummarizeConfig
+from .errors import BookNotFoundError, InfsumError
+from .pipeline import Progress, Step, Summarizer, SummaryResult, rouge_from_dict
+from .readers import SUFFIXES
+from .scoring import MetricSummary, RougeScores, read_text_file, summarize_scores
+
+RESULTS = "results.jsonl"
+_REFERENCE = re.compile(r"\.ref\d*\.txt$", re.IGNORECASE)
+
+# summarizer(book path, reference texts, progress=...) -> SummaryResult
+BookSummarizer = Callable[..., SummaryResult]
+
+
+@dataclass(frozen=True)
+class BookOutcome:
+    """What happened to one book in this run (``skipped``: done by an earlier run)."""
+
+    book: str  # path relative to the batch folder, with / separators
+    status: str  # "ok" or "error"
+    message: str | None = None
+    rouge: RougeScores | None = None
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """Every book's outcome, in order, and the mean of each ROUGE metric over the scored books."""
+
+    outcomes: tuple[BookOutcome, ...]
+
+    @property
+    def failed(self) -> list[BookOutcome]:
+        """The books that failed in this run."""
+        return [o for o in self.outcomes if o.status != "ok"]
+
+    @property
+    def means(self) -> dict[str, MetricSummary] | None:
+        """Mean F1 per metric (with a bootstrap 95% CI from five books up); None when none is scored."""
+        scored = [o.rouge for o in self.outcomes if o.rouge is not None]
+        return summarize_scores(scored) if scored else None
+
+
+def find_books(directory: Path, out: Path) -> list[Path]:
+    """Books (EPUB, PDF, txt, md) under ``directory``, sorted, without reference files or ``out``."""
+    out = out.resolve()
+    books = []
+    for p in sorted(directory.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in SUFFIXES or _REFERENCE.search(p.name):
+            continue
+        rel = p.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or p.resolve().is_relative_to(out):
+            continue
+        books.append(p)
+    return books
+
+
+def find_references(book: Path, refs_dir: Path | None = None) -> list[Path]:
+    """``<stem>.ref.txt`` and ``<stem>.ref<N>.txt`` beside the book, else in ``refs_dir`` (where
+    ``<stem>.txt`` also counts)."""
+    beside = re.compile(re.escape(book.stem) + r"\.ref\d*\.txt", re.IGNORECASE)
+    found = sorted(p for p in book.parent.iterdir() if beside.fullmatch(p.name) and p.is_file())
+    if found or refs_dir is None:
+        return found
+    named = re.compile(re.escape(book.stem) + r"(\.ref\d*)?\.txt", re.IGNORECASE)
+    return sorted(p for p in refs_dir.iterdir() if named.fullmatch(p.name) and p.is_file() and p != book)
+
+
+def output_paths(book: Path, directory: Path, out: Path, books: Sequence[Path]) -> tuple[Path, Path]:
+    """``OUT/<relative folder>/<stem>.summary.md`` and ``.json``; the full file name replaces the
+    stem when two books in one folder share a stem (``x.txt`` and ``x.epub``)."""
+    clash = any(b != book and b.parent == book.parent and b.stem == book.stem for b in books)
+    stem = book.name if clash else book.stem
+    folder = out / book.parent.relative_to(directory)
+    return folder / f"{stem}.summary.md", folder / f"{stem}.summary.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (or a rerun after
+    a kill) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_outputs(result: SummaryResult, md: Path, js: Path) -> None:
+    """Write a result's JSON and Markdown files atomically."""
+    write_atomic(js, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_atomic(md, result.markdown())
+
+
+class ResultsLog:
+    """``OUT/results.jsonl``: one JSON line per attempt, appended with flush and fsync."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last: dict[str, dict] = {}  # book -> its latest record
+        if path.is_file():
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]  # a kill mid-line leaves a partial last line
+            if len(complete) != len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(len(complete))
+            for line in complete.decode("utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.last[record["book"]] = record
+
+    def done(self, book: str, files: Sequence[Path]) -> bool:
+        """Whether ``book`` was summarized by an earlier run and its files are still there."""
+        record = self.last.get(book)
+        return bool(record and record["status"] == "ok" and all(f.is_file() for f in files))
+
+    def append(self, record: dict) -> None:
+        """Append one record and make it durable before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.last[record["book"]] = record
+
+
+def run_batch(
+    directory: str | Path,
+    out: str | Path,
+    cfg: SummarizeConfig | None = None,
+    *,
+    refs_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    summarizer: BookSummarizer | None = None,
+) -> BatchReport:
+    """Summarize every book under ``directory`` into ``out``, resuming an earlier run there.
+
+    ``summarizer(path, references, progress=...)`` defaults to a ``Summarizer(cfg)`` that loads the
+    model once. A book that fails is recorded with its message and the batch goes on.
+    """
+    directory, out = Path(directory), Path(out)
+    if not directory.is_dir():
+        raise BookNotFoundError(f"{directory}: no such folder; give the folder that holds the books")
+    summarizer = summarizer or Summarizer(cfg or SummarizeConfig())
+    report = progress or (lambda step: None)
+    books = find_books(directory, out)
+    log = ResultsLog(out / RESULTS)
+    outcomes = []
+    for i, book in enumerate(books):
+        rel = book.relative_to(directory).as_posix()
+        md, js = output_paths(book, directory, out, books)
+        if log.done(rel, (md, js)):
+            rouge = log.last[rel].get("rouge")
+            outcomes.append(BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True))
+            continue
+        report(Step("book", i, len(books), rel))
+        outcomes.append(_run_one(summarizer, book, rel, md, js, refs_dir, log, report))
+    report(Step("book", len(books), len(books)))
+    return BatchReport(tuple(outcomes))
+
+
+def _run_one(summarizer, book, rel, md, js, refs_dir, log, report) -> BookOutcome:
+    """Summarize, write and log one book; any failure becomes an error record, not an exception."""
+    t0 = time.perf_counter()
+    record = {"book": rel}
+    try:
+        refs = [read_text_file(r) for r in find_references(book, Path(refs_dir) if refs_dir else None)]
+        result = summarizer(book, refs, progress=report)
+        write_outputs(result, md, js)
+    except Exception as e:  # noqa: BLE001 - one bad book must not stop a long batch; the log keeps why
+        message = str(e) if isinstance(e, InfsumError) else f"{type(e).__name__}: {e}"
+        log.append({**record, "status": "error", "message": message, "seconds": _since(t0)})
+        return BookOutcome(rel, "error", message)
+    rouge = result.rouge.to_dict() if result.rouge else None
+    log.append(
+        {
+            **record,
+            "status": "ok",
+            "summary_md": md.as_posix(),
+            "summary_json": js.as_posix(),
+            "references": len(refs),
+            "rouge": rouge,
+            "seconds": _since(t0),
+        }
+    )
+    return BookOutcome(rel, "ok", rouge=result.rouge)
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 3)
