@@ -1,8 +1,8 @@
 """The paper's compressive memory as pure functions on tensors (arXiv 2404.07143, section 2.1.2).
 
 Equation numbers follow the paper: (3) the read (with sigma = ELU + 1), (4) the linear update,
-(5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``patch.py`` calls these
-once per layer per segment.
+(5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``patch.py``
+calls these once per layer per segment.
 
 Axis letters: b batch, h key/value heads, n tokens (query heads of one kv group folded in for reads),
 d d_key, e d_value. M and z are always float32, whatever the model's dtype (half precision overflows

@@ -85,7 +85,8 @@ class InfiniModel(nn.Module):
         self.scale = float(getattr(attn0, "scaling", self.head_dim**-0.5))
         self.attn_dropout = float(getattr(c, "attention_dropout", 0.0) or 0.0)
         device = next(hf_model.parameters()).device
-        self.gates = nn.Parameter(torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device))
+        beta = torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device)
+        self.gates = nn.Parameter(beta)  # (L, h) one beta per query head per layer
         self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
 
     # ---- public API -------------------------------------------------------------------------
@@ -161,8 +162,9 @@ class InfiniModel(nn.Module):
         return MemoryState(tuple(Ms), tuple(zs))
 
     def infini_state_dict(self) -> dict[str, Tensor]:
-        """The Infini-specific trained tensors (today the gates), as saved in an adapter."""
-        return {"gates": self.gates.detach()}
+        """The Infini-specific trained tensors, as saved in an adapter: the gates and any low-rank
+        adapter weights added to the HF model (parameter names containing ``.lora_``)."""
+        return {k: p.detach() for k, p in self.named_parameters() if k == "gates" or ".lora_" in k}
 
     # ---- the layer loop ---------------------------------------------------------------------
 
@@ -187,8 +189,18 @@ class InfiniModel(nn.Module):
         Ms, zs = [], []
         for i, layer in enumerate(m.layers):
             M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
-            a, M, z = self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, M, z,
-                                      pos=pos, cache=cache, write=write)
+            a, M, z = self._attention(
+                i,
+                layer.self_attn,
+                layer.input_layernorm(h),
+                cos,
+                sin,
+                M,
+                z,
+                pos=pos,
+                cache=cache,
+                write=write,
+            )
             h = h + a
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             Ms.append(M)
@@ -248,11 +260,20 @@ class InfiniModel(nn.Module):
             mask = self._causal_mask(pos + n, q.device)[pos : pos + n]
         dropout = self.attn_dropout if self.training else 0.0
         if _SDPA_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                  dropout_p=dropout, scale=self.scale, enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal,
+                dropout_p=dropout,
+                scale=self.scale,
+                enable_gqa=True,
+            )
         k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              dropout_p=dropout, scale=self.scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout, scale=self.scale
+        )
 
     # ---- constants built once per shape -----------------------------------------------------
 
@@ -289,13 +310,16 @@ def _check_supported(model: nn.Module, cfg: MemoryConfig) -> None:
     c = getattr(model, "config", None)
     kind = getattr(c, "model_type", type(model).__name__)
     if kind not in SUPPORTED:
-        raise PatchError(f"model type {kind!r} cannot get Infini memories: use a Llama-family model "
-                         f"({', '.join(SUPPORTED)})")
+        raise PatchError(
+            f"model type {kind!r} cannot get Infini memories: use a Llama-family model "
+            f"({', '.join(SUPPORTED)})"
+        )
     base = getattr(model, "model", None)
     parts = [getattr(base, p, None) for p in ("embed_tokens", "layers", "norm", "rotary_emb")]
     if any(p is None for p in parts) or getattr(model, "lm_head", None) is None:
-        raise PatchError(f"{kind} model lacks embed_tokens/layers/norm/rotary_emb/lm_head: "
-                         "upgrade transformers to >= 4.45")
+        raise PatchError(
+            f"{kind} model lacks embed_tokens/layers/norm/rotary_emb/lm_head: upgrade transformers to >= 4.45"
+        )
     for layer in base.layers:
         if not all(hasattr(layer, p) for p in _LAYER_PARTS) or not all(
             hasattr(layer.self_attn, p) for p in _ATTN_PARTS
@@ -306,8 +330,10 @@ def _check_supported(model: nn.Module, cfg: MemoryConfig) -> None:
     window = getattr(c, "sliding_window", None)
     windowed = kind == "mistral" or getattr(c, "use_sliding_window", False)
     if window and windowed and cfg.segment_len > window:
-        raise ConfigError(f"segment length {cfg.segment_len} exceeds the model's sliding window "
-                          f"{window}: use --segment-len {window} or less")
+        raise ConfigError(
+            f"segment length {cfg.segment_len} exceeds the model's sliding window "
+            f"{window}: use --segment-len {window} or less"
+        )
 
 
 def convert(model: nn.Module, cfg: MemoryConfig | None = None) -> InfiniModel:
@@ -344,8 +370,10 @@ def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"adapter {path} holds {sorted(tensors)}, this model expects {sorted(own)}")
     for k, t in tensors.items():
         if t.shape != own[k].shape:
-            raise CheckpointError(f"adapter {path}: {k} has shape {tuple(t.shape)}, this model needs "
-                                  f"{tuple(own[k].shape)}: it was trained for another model")
+            raise CheckpointError(
+                f"adapter {path}: {k} has shape {tuple(t.shape)}, this model needs "
+                f"{tuple(own[k].shape)}: it was trained for another model"
+            )
     with torch.no_grad():
         params = dict(model.named_parameters())
         for k, t in tensors.items():

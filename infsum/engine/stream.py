@@ -8,7 +8,6 @@ very same segments and gives bit-identical state and output. The reader streams 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,18 +49,22 @@ class InfiniReader:
         self.model = model
         self.cfg = cfg or model.cfg
         if self.cfg != model.cfg:
-            raise ConfigError("InfiniReader's MemoryConfig differs from the model's: convert the model "
-                              "with the same MemoryConfig")
+            raise ConfigError(
+                "InfiniReader's MemoryConfig differs from the model's: convert the model "
+                "with the same MemoryConfig"
+            )
         self.device = next(model.parameters()).device
 
     def empty(self) -> ReaderState:
         """The state before any token was read."""
-        return ReaderState(None, torch.empty(0, dtype=torch.long), 0, self.cfg.segment_len,
-                           self.cfg.update, self.model.name)
+        return ReaderState(
+            None, torch.empty(0, dtype=torch.long), 0, self.cfg.segment_len, self.cfg.update, self.model.name
+        )
 
     @torch.inference_mode()
-    def read(self, ids: Iterable[int] | Tensor, state: ReaderState | None = None,
-             progress: Progress | None = None) -> ReaderState:
+    def read(
+        self, ids: Iterable[int] | Tensor, state: ReaderState | None = None, progress: Progress | None = None
+    ) -> ReaderState:
         """Read ``ids`` after ``state`` (None = from the start) -> the new state.
 
         Every complete segment is written into memory; the incomplete tail stays pending.
@@ -73,8 +76,9 @@ class InfiniReader:
         memory, n_full = self._run_full_segments(buf, state.memory, len(ids), len(state.pending), progress)
         return replace(state, memory=memory, pending=buf[n_full:].clone(), n_read=state.n_read + len(ids))
 
-    def _run_full_segments(self, buf: Tensor, memory: MemoryState | None, total: int, skip: int,
-                           progress: Progress | None) -> tuple[MemoryState | None, int]:
+    def _run_full_segments(
+        self, buf: Tensor, memory: MemoryState | None, total: int, skip: int, progress: Progress | None
+    ) -> tuple[MemoryState | None, int]:
         """Write every complete segment of buf into memory -> (memory, tokens consumed)."""
         seg = self.cfg.segment_len
         n_full = len(buf) // seg * seg
@@ -91,9 +95,14 @@ class InfiniReader:
         return memory, n_full
 
     @torch.inference_mode()
-    def generate(self, state: ReaderState | None, prompt_ids: Iterable[int] | Tensor,
-                 gen: GenerationConfig | None = None, stop_ids: Iterable[int] = (),
-                 on_token: Callable[[int], None] | None = None) -> list[int]:
+    def generate(
+        self,
+        state: ReaderState | None,
+        prompt_ids: Iterable[int] | Tensor,
+        gen: GenerationConfig | None = None,
+        stop_ids: Iterable[int] = (),
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
@@ -118,8 +127,14 @@ class InfiniReader:
         finally:
             self.model.train(was_training)
 
-    def _decode_loop(self, local: Tensor, memory: MemoryState | None, gen: GenerationConfig,
-                     stop: set[int], on_token: Callable[[int], None] | None) -> list[int]:
+    def _decode_loop(
+        self,
+        local: Tensor,
+        memory: MemoryState | None,
+        gen: GenerationConfig,
+        stop: set[int],
+        on_token: Callable[[int], None] | None,
+    ) -> list[int]:
         """Prefill the local segment, then one token at a time, rolling into memory when it fills."""
         cache = self.model.new_cache(1)
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
@@ -141,16 +156,20 @@ class InfiniReader:
     def _check(self, state: ReaderState) -> ReaderState:
         """Raise CheckpointError if ``state`` was built with another segment length, rule or model."""
         if state.segment_len != self.cfg.segment_len or state.update != self.cfg.update:
-            raise CheckpointError(f"state was read with segment length {state.segment_len} and the "
-                                  f"{state.update} rule, this reader uses {self.cfg.segment_len} and "
-                                  f"{self.cfg.update}: read the book again or match the settings")
+            raise CheckpointError(
+                f"state was read with segment length {state.segment_len} and the "
+                f"{state.update} rule, this reader uses {self.cfg.segment_len} and "
+                f"{self.cfg.update}: read the book again or match the settings"
+            )
         m = self.model
         want = (m.n_layers, m.n_kv, m.head_dim)
         if state.memory is not None:
             got = (state.memory.n_layers, state.memory.M[0].shape[1], state.memory.M[0].shape[2])
             if got != want:
-                raise CheckpointError(f"state memory has (layers, kv heads, head dim) {got}, model "
-                                      f"{m.name} needs {want}: read the book again with this model")
+                raise CheckpointError(
+                    f"state memory has (layers, kv heads, head dim) {got}, model "
+                    f"{m.name} needs {want}: read the book again with this model"
+                )
             if state.memory.M[0].device != self.device:
                 state = replace(state, memory=state.memory.to(self.device))
         return state
@@ -207,8 +226,12 @@ def save_state(state: ReaderState, path: str | Path) -> None:
         for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
             tensors[f"M.{i}"] = M.detach().cpu().contiguous()
             tensors[f"z.{i}"] = z.detach().cpu().contiguous()
-    meta = {"format": STATE_FORMAT, "segment_len": str(seg), "update": state.update,
-            "model": state.model_name}
+    meta = {
+        "format": STATE_FORMAT,
+        "segment_len": str(seg),
+        "update": state.update,
+        "model": state.model_name,
+    }
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -226,10 +249,18 @@ def load_state(path: str | Path) -> ReaderState:
         n_layers = sum(1 for k in tensors if k.startswith("M."))
         memory = None
         if n_layers:
-            memory = MemoryState(tuple(tensors[f"M.{i}"] for i in range(n_layers)),
-                                 tuple(tensors[f"z.{i}"] for i in range(n_layers)))
+            memory = MemoryState(
+                tuple(tensors[f"M.{i}"] for i in range(n_layers)),
+                tuple(tensors[f"z.{i}"] for i in range(n_layers)),
+            )
         n_pending, n_read = (int(x) for x in tensors["counts"])
-        return ReaderState(memory, tensors["pending"][:n_pending].clone(), n_read,
-                           int(meta["segment_len"]), meta["update"], meta.get("model", ""))
+        return ReaderState(
+            memory,
+            tensors["pending"][:n_pending].clone(),
+            n_read,
+            int(meta["segment_len"]),
+            meta["update"],
+            meta.get("model", ""),
+        )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
