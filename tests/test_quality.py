@@ -1,0 +1,89 @@
+"""bench/quality.py: the table's arithmetic and a resumable run directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    """The benchmark script, imported as a module."""
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_row(strategy: str, item: str, r1: float, r2: float, rl: float) -> dict:
+    f = {"rouge1": r1, "rouge2": r2, "rougeL": rl, "rougeLsum": r1}
+    scores = {m: {"precision": v, "recall": v, "fmeasure": v} for m, v in f.items()}
+    return {"strategy": strategy, "item": item, "seconds": 2.0, "peak_rss_mb": 100.0, "scores": scores}
+
+
+def test_table_overall_is_the_mean_of_per_item_geometric_means(quality) -> None:
+    rows = [fake_row("a", f"i{k}", 0.4, 0.1, 0.2) for k in range(4)] + [fake_row("b", "i0", 0.5, 0.0, 0.3)]
+    a, b = quality.table(rows)
+    assert (a["strategy"], a["n"], b["n"]) == ("a", 4, 1)
+    assert a["overall"] == pytest.approx(
+        100 * math.exp((math.log(0.4) + math.log(0.1) + math.log(0.2)) / 3), abs=0.01
+    )
+    assert (a["rouge1"], a["rouge2"], a["rougeL"]) == (40.0, 10.0, 20.0)
+    assert b["overall"] == 0.0  # a zero ROUGE-2 makes the geometric mean zero
+    assert a["overall_ci"] is None  # fewer than five items: no interval
+
+
+def test_table_has_an_interval_from_five_items(quality) -> None:
+    rows = [fake_row("a", f"i{k}", 0.3 + 0.02 * k, 0.05 + 0.01 * k, 0.15) for k in range(5)]
+    (entry,) = quality.table(rows)
+    lo, hi = entry["overall_ci"]
+    assert lo <= entry["overall"] <= hi and lo < hi
+    assert entry["seconds"] == 2.0 and entry["peak_rss_mb"] == 100.0
+    assert "| a | 5 |" in quality.table_markdown([entry])
+
+
+def make_dataset(root: Path) -> Path:
+    """Two SQuALITY-style stories with two references each, and one books-style folder."""
+    words = "The robot walked to the river. It saw a fish there. The fish spoke to the robot."
+    for name in ("s1", "s2"):
+        (root / f"{name}.txt").write_text(f"{words} {name} ends here.\n", encoding="utf-8")
+        (root / f"{name}.ref1.txt").write_text("A robot meets a talking fish.", encoding="utf-8")
+        (root / f"{name}.ref2.txt").write_text("A fish speaks to a robot by the river.", encoding="utf-8")
+    (root / "b1").mkdir()
+    (root / "b1" / "text.txt").write_text(words + "\n", encoding="utf-8")
+    (root / "b1" / "summary.txt").write_text("A robot and a fish talk.", encoding="utf-8")
+    return root
+
+
+def test_load_items_reads_both_layouts(quality, tmp_path: Path) -> None:
+    items = quality.load_items(str(make_dataset(tmp_path)))
+    assert [i.id for i in items] == ["b1", "s1", "s2"]
+    assert len(items[1].references) == 2 and items[1].ref_words == 8  # mean of 6 and 9 words, rounded
+    assert [i.id for i in quality.load_items(str(tmp_path), limit=1)] == ["b1"]
+
+
+def test_run_directory_resumes_without_redoing_work(quality, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    data, run_dir = make_dataset(tmp_path / "data"), tmp_path / "run"
+    argv = ["--data", str(data), "--strategies", "lead", "--run-dir", str(run_dir)]
+    assert quality.main(argv) == 0
+    files = sorted((run_dir / "items" / "lead").glob("*.json"))
+    assert [f.stem for f in files] == ["b1", "s1", "s2"]
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    row = json.loads(files[1].read_text())
+    assert row["summary"] == "The robot walked to the river. It saw" and row["words_target"] == 8
+    files[2].unlink()  # as if the first run had been interrupted before s2
+    assert quality.main(argv) == 0
+    assert {f: f.stat().st_mtime_ns for f in files[:2]} == {f: stamps[f] for f in files[:2]}
+    assert files[2].is_file()
+    table = json.loads((run_dir / "table.json").read_text())
+    assert table[0]["strategy"] == "lead" and table[0]["n"] == 3
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 3
