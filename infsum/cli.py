@@ -65,6 +65,7 @@ app = typer.Typer(
     help="Summarize whole books (EPUB, PDF, text) with an Infini-attention model, in constant memory.",
     epilog=EXAMPLES,
     no_args_is_help=True,
+    subcommand_metavar="BOOK [OPTIONS] | COMMAND [ARGS]...",
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -177,7 +178,8 @@ class ProgressView:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.enabled:
+            self.bar.stop()
 
     def __call__(self, step) -> None:
         if not self.enabled:
@@ -185,20 +187,20 @@ class ProgressView:
         if step.stage == "stream":
             self._show(
                 "stream",
-                "reading " + (step.chapter or ""),
+                "reading " + (step.detail or ""),
                 -(-step.done // self.segment_len),
                 -(-step.total // self.segment_len),
                 self._rate(step.done),
             )
         elif step.stage == "load":
-            self._show("load", "loading model", step.done, step.total)
+            self._show("load", step.detail or "loading model", step.done, step.total)
         elif step.stage == "generate":
             self._show("generate", "writing summary", step.done, step.total)
         elif step.stage == "book":
             for stage in ("stream", "generate", "load"):  # a new book starts fresh bars
                 if stage in self.tasks:
                     self.bar.remove_task(self.tasks.pop(stage))
-            self._show("book", f"book {step.chapter or ''}", step.done, step.total)
+            self._show("book", f"book {step.detail or ''}", step.done, step.total)
 
     def _rate(self, tokens: int) -> str:
         if tokens == 0 or not self.stream_start:

@@ -35,12 +35,13 @@ DEFAULT_ADAPTER = ADAPTERS / "smollm2-135m-instruct.safetensors"
 @dataclass(frozen=True)
 class Step:
     """One progress report: ``stage`` is "read", "load", "stream", "generate" (or "book" in a batch);
-    ``done`` of ``total`` in the stage's unit (tokens for stream and generate); the chapter being read."""
+    ``done`` of ``total`` in the stage's unit (tokens for stream and generate); ``detail`` is the
+    chapter being read, the book of a batch, or a model-loading message."""
 
     stage: str
     done: int
     total: int
-    chapter: str | None = None
+    detail: str | None = None
 
 
 Progress = Callable[[Step], None]
@@ -184,8 +185,10 @@ class Summarizer:
         if self._loaded is None:
             from .models import load_model
 
-            report(Step("load", 0, 1))
-            self._loaded = load_model(self.cfg.model, device=self.cfg.device)
+            report(Step("load", 0, 1, "loading model"))
+            self._loaded = load_model(
+                self.cfg.model, device=self.cfg.device, progress=lambda msg: report(Step("load", 0, 1, msg))
+            )
             report(Step("load", 1, 1))
         return self._loaded
 
@@ -204,11 +207,11 @@ class Summarizer:
     def infini(self, report: Progress):
         """The loaded model converted to Infini-attention, with its adapter loaded."""
         if self._infini is None:
-            from .engine import InfiniModel, load_adapter
+            from .engine import convert, load_adapter
 
             loaded = self.loaded(report)
             adapter = self.adapter_path(loaded)
-            model = InfiniModel(loaded.model, self.cfg.memory)
+            model = convert(loaded.model, self.cfg.memory)
             if adapter is not None:
                 load_adapter(model, adapter)
             self._infini = (model, adapter)
@@ -240,18 +243,19 @@ class Summarizer:
             save_state(state, state_path)
         gen = replace(self.cfg.generation, max_new_tokens=max_new_tokens(self.cfg.words))
         prompt = tok.encode("\n\n" + INSTRUCTION.format(words=self.cfg.words))
-        prompt += tok.encode_special(tok.chat_parts()[1])
+        prompt += tok.encode_chat_scaffold(tok.chat_parts()[1])
+        out: list[int] = []
         t0 = time.perf_counter()
-        out = reader.generate(
+        reader.generate(
             state,
             prompt,
             gen,
             tok.eos_ids,
-            progress=lambda d, t: report(Step("generate", d, t)),
+            on_token=lambda t: (out.append(t), report(Step("generate", len(out), gen.max_new_tokens))),
         )
         seconds["generate"] = time.perf_counter() - t0
         return {
-            "summary": tok.decode(out).strip(),
+            "summary": tok.decode(out, skip_special=True).strip(),
             "tokens": len(ids),
             "segments": math.ceil(len(ids) / seg),
             "model": loaded.name,
@@ -300,7 +304,7 @@ def book_tokens(tok, book: Book) -> tuple[list[int], list[tuple[int, str]]]:
     The text is ``Book.text`` (chapters joined by blank lines), encoded chapter by chapter so that
     every chapter's first token is known exactly.
     """
-    ids = tok.encode_special(tok.chat_parts()[0])
+    ids = tok.encode_chat_scaffold(tok.chat_parts()[0])
     starts = []
     first = True
     for chapter in book.chapters:
