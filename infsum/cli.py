@@ -242,7 +242,7 @@ def summarize_command(
     no_adapter: NoAdapter = False,
     password: Password = None,
     ref: Annotated[
-        list[Path] | None, typer.Option(metavar="FILE", help="Reference summary to score against (repeatable).")
+        list[Path] | None, typer.Option(metavar="FILE", help="Reference summary to score (repeatable).")
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write <stem>.summary.md and .json here.")
@@ -369,12 +369,15 @@ def batch_command(
     with ProgressView(segment_len, quiet) as view:
         report = run_batch(directory, out, cfg, refs_dir=refs, progress=view)
     Console().print(batch_table(report))
+    for o in report.failed:
+        typer.secho(f"failed: {o.book}: {o.message}", fg="red", err=True)
     if report.failed:
         raise typer.Exit(1)
 
 
 def batch_table(report) -> Table:
-    """One row per book (status, F1 scores), then the mean of each metric with its 95% interval."""
+    """One row per book (ok, error, or earlier: done by an earlier run; F1 scores), then the mean of
+    each metric with its 95% interval."""
     keys = [k for k, _ in ROUGE_ROWS] + ["overall"]
     table = Table(title=f"{len(report.outcomes)} books, {len(report.failed)} failed")
     table.add_column("book")
@@ -383,7 +386,7 @@ def batch_table(report) -> Table:
         table.add_column(f"{label} F1", justify="right")
     table.add_column("overall", justify="right")
     for o in report.outcomes:
-        status = "ok (earlier run)" if o.skipped else o.status if o.status == "ok" else f"error: {o.message}"
+        status = "earlier" if o.skipped else o.status
         cells = (
             [
                 f"{getattr(o.rouge, k).fmeasure:.4f}" if k != "overall" else f"{o.rouge.overall:.4f}"
