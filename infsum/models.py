@@ -128,7 +128,7 @@ def locate_model(name: str | None, *, progress: Callable[[str], None] | None = N
         return gguf_model_dir(path, progress=progress)
     if _looks_like_path(name):
         raise ModelLoadError(
-            f"{path} does not exist: pass a model directory, a .gguf file or a Hugging Face id"
+            f"{name} does not exist: pass a model directory, a .gguf file or a Hugging Face model id"
         )
     return _hub_model_dir(name)
 
