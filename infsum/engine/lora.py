@@ -1,0 +1,99 @@
+"""Low-rank adapters (LoRA) on a model's attention projections, added and removed in place.
+
+``y = W x + (alpha / r) * B (A x)`` with ``A`` (r, d_in) random and ``B`` (d_out, r) zero, so a freshly
+added adapter leaves the model's outputs unchanged (Hu et al. 2021, arXiv 2106.09685). The wrapped
+``nn.Linear`` keeps its own weight, untouched and frozen; only ``A`` and ``B`` train.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_MARKER = ".lora_"  # every adapter parameter name contains this: "...q_proj.lora_A"
+
+
+class LoRALinear(nn.Module):
+    """An ``nn.Linear`` plus a low-rank update; called exactly like the linear it wraps."""
+
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float) -> None:
+        super().__init__()
+        assert rank > 0, "LoRA rank must be positive"
+        self.base = base
+        self.rank = rank
+        self.scale = alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=torch.float32, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=torch.float32, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_in) -> (..., d_out)."""
+        delta = (x.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., d_out)
+        return self.base(x) + (self.scale * delta).to(x.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """W + scale * B A, for exporting a model without the adapter modules."""
+        return self.base.weight + (self.scale * self.lora_B @ self.lora_A).to(self.base.weight.dtype)
+
+
+def add_lora(
+    model: nn.Module, *, rank: int = 8, alpha: float | None = None, targets: Iterable[str] = DEFAULT_TARGETS
+) -> list[str]:
+    """Wrap every linear whose attribute name is in ``targets`` (e.g. ``q_proj``) with ``LoRALinear``.
+
+    ``alpha`` defaults to ``2 * rank``. Returns the dotted names of the wrapped modules; raises
+    ``ValueError`` when nothing matched (a model whose projections are named differently).
+    """
+    targets = tuple(targets)
+    alpha = float(2 * rank if alpha is None else alpha)
+    wrapped: list[str] = []
+    # collect first: replacing children while iterating named_modules would revisit the new modules
+    found = [
+        (name, parent, child_name, child)
+        for name, parent in model.named_modules()
+        for child_name, child in parent.named_children()
+        if child_name in targets and isinstance(child, nn.Linear)
+    ]
+    for name, parent, child_name, child in found:
+        setattr(parent, child_name, LoRALinear(child, rank=rank, alpha=alpha))
+        wrapped.append(f"{name}.{child_name}" if name else child_name)
+    if not wrapped:
+        raise ValueError(f"no linear layer named any of {targets} to add LoRA to")
+    return wrapped
+
+
+def remove_lora(model: nn.Module, *, merge: bool = False) -> int:
+    """Put the original linears back (folding ``B A`` into their weights when ``merge``); returns how
+    many adapters were removed."""
+    found = [
+        (parent, child_name, child)
+        for parent in model.modules()
+        for child_name, child in parent.named_children()
+        if isinstance(child, LoRALinear)
+    ]
+    for parent, child_name, child in found:
+        if merge:
+            with torch.no_grad():
+                child.base.weight.copy_(child.merged_weight())
+        setattr(parent, child_name, child.base)
+    return len(found)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only, keyed by their full parameter names (``...q_proj.lora_A``)."""
+    return {n: p.detach() for n, p in model.named_parameters() if LORA_MARKER in n}
+
+
+def lora_settings(model: nn.Module) -> dict[str, object] | None:
+    """``{"rank", "alpha", "targets"}`` of the adapters in ``model`` (for a card); None without any."""
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not mods:
+        return None
+    first = mods[0][1]
+    targets = sorted({n.rsplit(".", 1)[-1] for n, _ in mods})
+    return {"rank": first.rank, "alpha": first.scale * first.rank, "targets": targets}
