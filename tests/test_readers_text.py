@@ -83,7 +83,8 @@ def test_text_reader_strips_gutenberg_header_footer_and_contents(tmp_path: Path)
 )
 def test_text_reader_recognises_heading_styles(tmp_path: Path, heading: str, title: str) -> None:
     prose = "A sentence of prose that is long enough to be a paragraph of the story."
-    text = f"Book\n\n{heading}\n\n{prose}\n\n{heading.replace('12', '13')}\n\n{prose}\n"
+    second = heading.replace("12", "13").replace("XII", "XIII")
+    text = f"Book\n\n{heading}\n\n{prose}\n\n{second}\n\n{prose}\n"
     text = text.replace("XIV\n\n" + prose + "\n\nXIV", "XIV\n\n" + prose + "\n\nXV")
     text = text.replace("BOOK ONE\n\n" + prose + "\n\nBOOK ONE", "BOOK ONE\n\n" + prose + "\n\nBOOK TWO")
     text = text.replace("3. The Return\n\n" + prose + "\n\n3.", "3. The Return\n\n" + prose + "\n\n4.")

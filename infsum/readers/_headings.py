@@ -19,7 +19,7 @@ _HEADING = re.compile(
     rf"^(?:{_KEYWORD}\s+{_NUMBER}\b[.:]?(?:\s+\S.*)?"
     rf"|{_NUMBER_WORD}\s+(?:PART|Part|BOOK|Book)"
     rf"|{_ROMAN}\.?(?:\s+[A-Z][^.!?]*)?"
-    rf"|[1-9]\d{{0,2}}\.?(?:\s+[A-Z][^.!?]*)?"
+    rf"|[1-9]\d{{0,2}}\.?(?:\s+[A-Z][^.!?]*[^\d\s.!?])?"  # not "3 Title 25": a contents line
     rf"|(?:PROLOGUE|Prologue|EPILOGUE|Epilogue))$"
 )
 # a grouping heading ("BOOK ONE", "FIRST PART") that is kept as a prefix of the next chapter's title

@@ -14,7 +14,7 @@ from ._headings import is_bare, is_caps_heading, is_group, is_heading, is_subtit
 log = logging.getLogger("infsum")
 
 _PG_START = re.compile(
-    r"^\s*\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$", re.I | re.M
+    r"^\s*\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG.*$|^\*END\*?\s*THE SMALL PRINT.*$", re.I | re.M
 )
 _PG_END = re.compile(
     r"^\s*\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG.*$"
@@ -26,6 +26,7 @@ _CREDITS = re.compile(r"^(?:Produced by|E-text prepared by|Transcribed from|This
 _ILLUSTRATION = re.compile(r"^\[Illustration[^\]]*\]$", re.I)
 _MD_HEADING = re.compile(r"^#{1,3}\s+(.+?)\s*#*$")
 _BY_LINE = re.compile(r"^by\s+(.+)$", re.I)
+_TITLE_BY = re.compile(r"^(.{3,80}?),?\s+by\s+([A-Z].{2,60})$")
 LANGUAGES = {
     "english": "en",
     "french": "fr",
@@ -61,7 +62,10 @@ def strip_gutenberg(text: str) -> tuple[str, dict[str, str]]:
     start = _PG_START.search(text)
     if start:
         fields = {k.lower(): v.strip() for k, v in _PG_FIELD.findall(text[: start.start()])}
+        wrapped = start.group(0).count("*") < 6  # the marker's closing *** is on the next line
         text = text[start.end() :]
+        if wrapped:
+            text = re.sub(r"^\n?[^\n]*\*(?:\*\*|END\*)[ \t]*(?=\n|$)", "", text, count=1)
     end = _PG_END.search(text)
     if end:
         text = text[: end.start()]
@@ -98,16 +102,18 @@ def _join_title(head: str, subtitle: str) -> str:
 
 
 def split_chapters(
-    blocks: list[list[str]], *, book_title: str | None, markdown: bool = False
+    blocks: list[list[str]], *, book_title: str | None, markdown: bool = False, caps: bool = True
 ) -> list[Chapter]:
     """Cut blocks into chapters at heading blocks; a bare heading absorbs a subtitle line after it.
 
+    ``caps`` allows headings in capitals ("THE FERRYMAN") when no numbered ones are found.
     Headings with no text before the next heading are dropped, except that a book or part heading
     prefixes the next chapter's title. Text before the first heading is kept as an opening chapter
     when it is long enough to be more than a title page (``MIN_OPENING_WORDS``).
     """
     numbered = [h for b in blocks if (h := _heading_of(b, markdown=markdown, caps=False))]
-    caps = sum(not is_group(h) for h in numbered) < 2  # no numbered chapters: try headings in capitals
+    # no numbered chapters: try short lines in capitals as headings (where the caller allows)
+    caps = caps and sum(not is_group(h) for h in numbered) < 2
     chapters: list[Chapter] = []
     title: str | None = None
     group = ""
@@ -131,6 +137,9 @@ def split_chapters(
         head = _heading_of(blocks[i], markdown=markdown, caps=caps)
         if head and book_title and head.lower() == book_title.lower():
             head = None  # the book's own title repeated above the text
+        if head and title and head.casefold() == title.casefold():
+            i += 1  # the chapter's title again (a running head in a PDF)
+            continue
         if head:
             flush()
             title, paras = head, []
@@ -147,7 +156,7 @@ def split_chapters(
 MIN_OPENING_WORDS = 150  # shorter text before the first heading is a title page or contents list
 
 
-def _front_matter(blocks: list[list[str]], fields: dict[str, str]) -> tuple[str | None, str | None, int]:
+def front_matter(blocks: list[list[str]], fields: dict[str, str]) -> tuple[str | None, str | None, int]:
     """Title, author and the number of leading blocks they took (Gutenberg fields win)."""
     title, author = fields.get("title"), fields.get("author")
     start = 0
@@ -165,6 +174,8 @@ def _front_matter(blocks: list[list[str]], fields: dict[str, str]) -> tuple[str 
         and not first[0].startswith("#")  # a markdown heading opens a chapter
     ):
         title, start = first[0], start + 1
+        if m := _TITLE_BY.match(title):  # "Pride and Prejudice by Jane Austen" on one line
+            return m.group(1), author or m.group(2), start
         if start < len(blocks) and len(blocks[start]) == 1 and (m := _BY_LINE.match(blocks[start][0])):
             author, start = m.group(1), start + 1
     return title, author, start
@@ -175,9 +186,9 @@ def read_text(path: Path) -> Book:
     text = decode(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")
     body, fields = strip_gutenberg(text)
     blocks = _blocks(body)
-    title, author, start = _front_matter(blocks, fields)
+    title, author, start = front_matter(blocks, fields)
     markdown = path.suffix.lower() == ".md"
-    chapters = split_chapters(blocks[start:], book_title=title, markdown=markdown)
+    chapters = split_chapters(blocks[start:], book_title=title or path.stem, markdown=markdown)
     language = fields.get("language")
     language = LANGUAGES.get(language.lower(), language) if language else None
     return Book(title or path.stem, author, language, tuple(chapters), str(path))
