@@ -12,6 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("lead", "textrank", "truncate-head", "truncate-tail", "hierarchical")
 MODEL_STRATEGIES = ("truncate-head", "truncate-tail", "hierarchical")
+CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
+CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
+CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
 
 Progress = Callable[[int, int], None]
 
@@ -153,6 +157,131 @@ def textrank(text: str, words: int) -> str:
     return " ".join(sentences[i] for i in sorted(chosen))
 
 
+# ---------------------------------------------------------------- model strategies
+
+
+class WindowSummarizer:
+    """The base model with ordinary attention on one context window: text ids in, summary out.
+
+    This is the engine with memory off and one segment as long as the model's context window
+    (``max_position_embeddings``): plain causal attention, positions 0..n-1, no memory.
+    """
+
+    def __init__(self, loaded: LoadedModel, gen: GenerationConfig) -> None:
+        from .config import MemoryConfig
+        from .engine import InfiniModel, InfiniReader
+
+        self.window = int(loaded.model.config.max_position_embeddings)
+        cfg = MemoryConfig(segment_len=self.window, enabled=False)
+        self.reader = InfiniReader(InfiniModel(loaded.model, cfg), cfg)
+        self.tok = loaded.tokenizer
+        self.gen = gen
+
+    def prompt_ids(self, text_ids: list[int], instruction: str) -> list[int]:
+        """One user turn: the text, a blank line, the instruction; then the assistant's turn opens."""
+        before, after = self.tok.chat_parts()
+        instr = self.tok.encode("\n\n" + instruction)
+        return self.tok.encode_chat_scaffold(before) + text_ids + instr + self.tok.encode_chat_scaffold(after)
+
+    def budget(self, instruction: str, words: int) -> int:
+        """How many text tokens fit in the window beside the prompt and a ``words``-word answer."""
+        from .pipeline import max_new_tokens
+
+        room = self.window - len(self.prompt_ids([], instruction)) - max_new_tokens(words)
+        if room < 1:
+            raise ConfigError(
+                f"the model's {self.window}-token context cannot hold a {words}-word summary: "
+                "ask for fewer --words"
+            )
+        return room
+
+    def summarize(
+        self,
+        text_ids: list[int],
+        instruction: str,
+        words: int,
+        on_token: Callable[[int], None] | None = None,
+    ) -> str:
+        """The model's answer to ``instruction`` about ``text_ids`` (which must fit the budget)."""
+        from .pipeline import max_new_tokens
+
+        gen = replace(self.gen, max_new_tokens=max_new_tokens(words))
+        prompt = self.prompt_ids(text_ids, instruction)
+        assert len(prompt) + gen.max_new_tokens <= self.window, "prompt and answer must fit the window"
+        out = self.reader.generate(None, prompt, gen, self.tok.eos_ids, on_token=on_token)
+        return self.tok.decode(out, skip_special=True).strip()
+
+
+def truncate(
+    model: WindowSummarizer, text: str, words: int, *, tail: bool, progress: Progress | None = None
+) -> str:
+    """Summary from as much of ``text`` as fits the context window: its first (head) or last
+    (tail) tokens. ``progress`` counts generated tokens."""
+    from .pipeline import INSTRUCTION, max_new_tokens
+
+    instruction = INSTRUCTION.format(words=words)
+    ids = model.tok.encode(text)
+    keep = model.budget(instruction, words)
+    ids = ids[-keep:] if tail else ids[:keep]
+    total, done = max_new_tokens(words), 0
+
+    def on_token(_: int) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return model.summarize(ids, instruction, words, on_token)
+
+
+def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Progress | None = None) -> str:
+    """Map-reduce summary: fixed chunks of ``CHUNK_TOKENS`` (fewer in a small window) summarized,
+    then groups of those summaries summarized, until they fit the window beside the final prompt.
+    ``progress`` counts model calls (the total grows as levels are added)."""
+    from .pipeline import INSTRUCTION
+
+    final = INSTRUCTION.format(words=words)
+    chunk_instruction = CHUNK_INSTRUCTION.format(words=CHUNK_SUMMARY_WORDS)
+    fits = model.budget(final, words)
+    size = min(CHUNK_TOKENS, model.budget(chunk_instruction, CHUNK_SUMMARY_WORDS))  # small windows
+    ids = model.tok.encode(text)
+    level = [ids[i : i + size] for i in range(0, len(ids), size)]
+    calls, planned = 0, len(level) + 1
+    while True:
+        summaries = []
+        for chunk in level:
+            summaries.append(model.summarize(chunk, chunk_instruction, CHUNK_SUMMARY_WORDS))
+            calls += 1
+            if progress is not None:
+                progress(calls, planned)
+        joined = model.tok.encode("\n\n".join(summaries))
+        if len(joined) <= fits:
+            break
+        level = _pack([model.tok.encode(s) for s in summaries], model.tok.encode("\n\n"), size)
+        if len(level) == len(summaries):
+            raise ConfigError(
+                f"the model's {model.window}-token context is too small to combine chunk summaries: "
+                "use another strategy"
+            )
+        planned += len(level)
+    out = model.summarize(joined, final, words)
+    if progress is not None:
+        progress(planned, planned)
+    return out
+
+
+def _pack(parts: list[list[int]], sep: list[int], limit: int) -> list[list[int]]:
+    """Consecutive ``parts`` joined by ``sep`` into groups of at most ``limit`` tokens (a part
+    longer than ``limit`` makes a group by itself)."""
+    groups: list[list[int]] = []
+    for part in parts:
+        if groups and len(groups[-1]) + len(sep) + len(part) <= limit:
+            groups[-1] += sep + part
+        else:
+            groups.append(list(part))
+    return groups
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -175,4 +304,9 @@ def run_strategy(
         return lead(book.text, words)
     if name == "textrank":
         return textrank(book.text, words)
-    raise ConfigError(f"strategy {name!r} is not available yet")
+    if loaded is None:
+        raise ConfigError(f"strategy {name!r} runs a model: pass loaded=load_model(...)")
+    model = WindowSummarizer(loaded, gen or GenerationConfig())
+    if name == "hierarchical":
+        return hierarchical(model, book.text, words, progress=progress)
+    return truncate(model, book.text, words, tail=name == "truncate-tail", progress=progress)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
+from infsum import strategies
+from infsum.config import GenerationConfig
 from infsum.errors import ConfigError
-from infsum.strategies import STRATEGIES, lead, pagerank, run_strategy, split_sentences, textrank
+from infsum.pipeline import INSTRUCTION, max_new_tokens
+from infsum.strategies import (
+    CHUNK_INSTRUCTION,
+    STRATEGIES,
+    WindowSummarizer,
+    lead,
+    pagerank,
+    run_strategy,
+    split_sentences,
+    textrank,
+)
 
 CENTRAL = "The old dragon guarded the golden treasure in the mountain cave."
 STORY = "\n\n".join(
@@ -75,3 +92,98 @@ def test_run_strategy_rejects_an_unknown_name() -> None:
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
         run_strategy("nope", FakeBook(STORY), words=10)
     assert "infini" not in STRATEGIES  # that one lives in the pipeline
+
+
+# ---------------------------------------------------------------- model strategies (tiny random model)
+
+GREEDY_PLAIN = GenerationConfig(repetition_penalty=1.0, no_repeat_ngram=0)
+PROSE = " ".join(f"Sentence number {k} tells how the robot crossed river {k % 7}." for k in range(300))
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_model_dir):
+    """The tiny random Llama, loaded on the CPU."""
+    from infsum.models import load_model
+
+    torch.set_num_threads(2)
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+def small_window(loaded, window: int):
+    """A copy of ``loaded`` whose model claims a ``window``-token context (same weights)."""
+    model = copy.deepcopy(loaded.model)
+    model.config.max_position_embeddings = window
+    return dataclasses.replace(loaded, model=model)
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[int], str, int]]:
+    """Record every (text ids, instruction, words) that WindowSummarizer.summarize is given."""
+    calls: list[tuple[list[int], str, int]] = []
+    original = WindowSummarizer.summarize
+
+    def spy(self, text_ids, instruction, words, on_token=None):
+        calls.append((list(text_ids), instruction, words))
+        return original(self, text_ids, instruction, words, on_token)
+
+    monkeypatch.setattr(WindowSummarizer, "summarize", spy)
+    return calls
+
+
+def test_window_summarizer_is_the_base_model_with_ordinary_attention(tiny_loaded) -> None:
+    model = WindowSummarizer(tiny_loaded, replace(GREEDY_PLAIN, max_new_tokens=16))
+    prompt = model.prompt_ids(model.tok.encode(PROSE[:2000]), "Summarize the plot in about 5 words.")
+    ours = model.reader.generate(None, prompt, replace(GREEDY_PLAIN, max_new_tokens=16), ())
+    ref = tiny_loaded.model.generate(
+        torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    assert ours == ref[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("name", ["truncate-head", "truncate-tail"])
+def test_truncate_fits_the_window_and_keeps_the_right_end(tiny_loaded, monkeypatch, name: str) -> None:
+    loaded = small_window(tiny_loaded, 400)
+    calls = record_calls(monkeypatch)
+    steps: list[tuple[int, int]] = []
+    out = run_strategy(
+        name,
+        FakeBook(PROSE),
+        words=20,
+        loaded=loaded,
+        gen=GenerationConfig(),
+        progress=lambda d, t: steps.append((d, t)),
+    )
+    (ids, instruction, words), book_ids = calls[0], loaded.tokenizer.encode(PROSE)
+    assert instruction == INSTRUCTION.format(words=20) and words == 20
+    assert ids == (book_ids[-len(ids) :] if name == "truncate-tail" else book_ids[: len(ids)])
+    model = WindowSummarizer(loaded, GenerationConfig())
+    assert len(model.prompt_ids(ids, instruction)) + max_new_tokens(20) == 400  # the window, filled
+    assert isinstance(out, str) and steps and all(t == max_new_tokens(20) and d <= t for d, t in steps)
+
+
+def test_hierarchical_covers_the_text_in_chunks_and_reduces_until_it_fits(tiny_loaded, monkeypatch) -> None:
+    monkeypatch.setattr(strategies, "CHUNK_SUMMARY_WORDS", 10)  # short chunk summaries: a fast test
+    loaded = small_window(tiny_loaded, 300)
+    calls = record_calls(monkeypatch)
+    steps: list[tuple[int, int]] = []
+    run_strategy(
+        "hierarchical", FakeBook(PROSE), words=20, loaded=loaded, progress=lambda d, t: steps.append((d, t))
+    )
+    model = WindowSummarizer(loaded, GenerationConfig())
+    book_ids = model.tok.encode(PROSE)
+    firsts = []
+    for ids, _, _ in calls:  # the first level: consecutive chunks that rebuild the whole text
+        if sum(map(len, firsts)) >= len(book_ids):
+            break
+        firsts.append(ids)
+    assert [t for c in firsts for t in c] == book_ids and len(firsts) > 1
+    assert len(calls) > len(firsts) + 1  # chunk summaries did not fit at once: a second level ran
+    for ids, instruction, words in calls:
+        assert len(model.prompt_ids(ids, instruction)) + max_new_tokens(words) <= 300
+    assert calls[-1][1] == INSTRUCTION.format(words=20)
+    assert all(c[1] == CHUNK_INSTRUCTION.format(words=10) for c in calls[:-1])
+    assert steps[-1] == (len(calls), len(calls))
+
+
+def test_model_strategies_need_a_model() -> None:
+    with pytest.raises(ConfigError, match="runs a model"):
+        run_strategy("hierarchical", FakeBook(STORY), words=10)
