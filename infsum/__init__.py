@@ -23,6 +23,9 @@ _EXPORTS = {
     "GenerationConfig": "infsum.config",
     "SummarizeConfig": "infsum.config",
     "InfsumError": "infsum.errors",
+    "summarize": "infsum.pipeline",
+    "SummaryResult": "infsum.pipeline",
+    "run_batch": "infsum.batch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
