@@ -123,9 +123,8 @@ def main(source: Path = DEFAULT_SOURCE) -> None:
     write_txt(HERE / "txt" / f"{slug}.txt", title, author, parts, note)
     write_epub(HERE / "epub" / f"{slug}.epub", title, author, parts, note, row["metadata"]["uid"])
     write_pdf(HERE / "pdf" / f"{slug}.pdf", title, author, parts, note)
-    print(
-        f"{slug}: {sum(len(p.split()) for part in parts for p in part)} words, SQuALITY uid {row['metadata']['uid']}"
-    )
+    words = sum(len(p.split()) for part in parts for p in part)
+    print(f"{slug}: {words} words, SQuALITY uid {row['metadata']['uid']}")
 
 
 if __name__ == "__main__":
