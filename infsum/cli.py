@@ -379,11 +379,12 @@ def batch_table(report) -> Table:
     """One row per book (ok, error, or earlier: done by an earlier run; F1 scores), then the mean of
     each metric with its 95% interval."""
     keys = [k for k, _ in ROUGE_ROWS] + ["overall"]
-    table = Table(title=f"{len(report.outcomes)} books, {len(report.failed)} failed")
-    table.add_column("book")
+    title = f"{len(report.outcomes)} books, {len(report.failed)} failed: ROUGE F1 (CI: bootstrap 95%)"
+    table = Table(title=title)
+    table.add_column("book", overflow="fold")
     table.add_column("status")
-    for _, label in ROUGE_ROWS:
-        table.add_column(f"{label} F1", justify="right")
+    for label in ("R-1", "R-2", "R-L", "R-Lsum"):
+        table.add_column(label, justify="right")
     table.add_column("overall", justify="right")
     for o in report.outcomes:
         status = "earlier" if o.skipped else o.status
@@ -401,7 +402,8 @@ def batch_table(report) -> Table:
         table.add_section()
         table.add_row("mean", "", *[f"{means[k].mean:.4f}" for k in keys])
         if means["overall"].ci:
-            table.add_row("95% CI", "", *[f"{means[k].ci[0]:.4f}-{means[k].ci[1]:.4f}" for k in keys])
+            table.add_row("CI low", "", *[f"{means[k].ci[0]:.4f}" for k in keys])
+            table.add_row("CI high", "", *[f"{means[k].ci[1]:.4f}" for k in keys])
     return table
 
 
