@@ -60,14 +60,15 @@ def _retrieve(sx: Tensor, M: Tensor, z: Tensor) -> Tensor:
     return num / den
 
 
-def read_memory(sq: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
-    """A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}) (eq 7), float32.
+def read_memory(sq: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor | None:
+    """A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}) (eq 3), float32.
 
     ``sq`` is sigma(Q) shaped (b, h_kv, n, d_k), i.e. the query heads of each kv group folded into
-    n; with an empty memory (``M is None``) the read is 0, as the paper states for z = 0.
+    n. An empty memory reads as 0 (the paper's z = 0 case); it is returned as ``None`` so that
+    ``gate`` skips the multiply.
     """
     if M is None or z is None:
-        return sq.new_zeros(*sq.shape[:-1], 0)  # caller treats a (…, 0) read as "no memory yet"
+        return None
     return _retrieve(sq, M, z)  # eq (3)
 
 

@@ -249,7 +249,8 @@ class InfiniModel(nn.Module):
             kr, v = cache.k[i, :, :, : pos + n], cache.v[i, :, :, : pos + n]
         a_dot = self._sdpa(qr, kr, v, pos=pos)  # (b, h, n, d)
 
-        a = gate(a_mem, a_dot, self.gates[i])  # (b, h, n, d)
+        # memory off (the control): plain local attention, no gate scaling
+        a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, *, pos: int) -> Tensor:

@@ -1,0 +1,185 @@
+"""InfiniModel (infsum.engine.patch): equal to the HF model with memory closed, memory per layer per
+kv head written with keys before RoPE, gradients through segments, adapters (issue 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers
+from torch.testing import assert_close
+
+from infsum.config import MemoryConfig
+from infsum.engine.memory import MemoryState, sigma
+from infsum.engine.patch import convert, load_adapter, save_adapter
+from infsum.errors import CheckpointError, PatchError
+
+SEG = 32
+
+
+@pytest.fixture
+def hf(tiny_model_dir):
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _ids(b: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 49152, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "cfg", [MemoryConfig(segment_len=SEG, gate_init=-1e4), MemoryConfig(segment_len=SEG, enabled=False)]
+)
+def test_closed_memory_gives_the_hf_logits(hf, cfg):
+    ids = _ids(2, 20)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        logits, state = convert(hf, cfg)(ids)
+    assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    assert (state is None) == (not cfg.enabled)
+
+
+def test_wrapping_never_changes_the_hf_model(hf):
+    ids = _ids(1, 40)
+    with torch.no_grad():
+        before = hf(ids).logits
+        model = convert(hf, MemoryConfig(segment_len=SEG, gate_init=3.0))
+        _, state = model(ids[:, :SEG])
+        model(ids[:, SEG:], state)
+        after = hf(ids).logits
+    assert torch.equal(before, after)
+    assert model.hf is hf
+
+
+def test_memory_is_per_layer_per_kv_head_and_written_before_rope(hf):
+    """M and z of each layer equal a loop over kv heads of sigma(K)^T V with un-rotated keys."""
+    ids = _ids(1, SEG, seed=1)
+    model = convert(hf, MemoryConfig(segment_len=SEG, gate_init=-1e4, update="linear"))
+    with torch.no_grad():
+        hidden = hf(ids, output_hidden_states=True).hidden_states  # input of every layer
+        _, state = model(ids)
+    d, kv = model.head_dim, model.n_kv
+    for i, layer in enumerate(hf.model.layers):
+        x = layer.input_layernorm(hidden[i])[0]  # (n, hidden)
+        k = layer.self_attn.k_proj(x).detach()
+        v = layer.self_attn.v_proj(x).detach()
+        for j in range(kv):
+            kj, vj = sigma(k[:, j * d : (j + 1) * d]), v[:, j * d : (j + 1) * d]
+            assert_close(state.M[i][0, j], kj.T @ vj, rtol=1e-4, atol=1e-4)
+            assert_close(state.z[i][0, j], kj.sum(0))
+    assert not torch.allclose(state.M[0], state.M[1])  # one memory per layer, not shared
+
+
+def test_query_heads_read_the_memory_of_their_kv_group(hf):
+    """With the gate fully open, layer 0's attention output is o_proj of each query head's read."""
+    model = convert(hf, MemoryConfig(segment_len=SEG, gate_init=1e4))
+    seen = {}
+    o_proj = hf.model.layers[0].self_attn.o_proj
+    handle = o_proj.register_forward_hook(lambda mod, inp, out: seen.setdefault("a", inp[0]))
+    try:
+        with torch.no_grad():
+            _, state = model(_ids(1, SEG, seed=2))
+            seen.clear()
+            ids = _ids(1, 8, seed=3)
+            model(ids, state)
+    finally:
+        handle.remove()
+    attn = hf.model.layers[0].self_attn
+    x = hf.model.layers[0].input_layernorm(hf.model.embed_tokens(ids))[0]
+    q = attn.q_proj(x).detach()
+    d, g = model.head_dim, model.groups
+    for h in range(model.n_heads):
+        sq = sigma(q[:, h * d : (h + 1) * d])  # (n, d) before RoPE
+        M, z = state.M[0][0, h // g], state.z[0][0, h // g]
+        expected = (sq @ M) / (sq @ z)[:, None]
+        assert_close(seen["a"][0, :, h * d : (h + 1) * d], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_memory_state_stays_float32_in_bfloat16(tiny_model_dir):
+    hf16 = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model = convert(hf16, MemoryConfig(segment_len=SEG))
+    with torch.no_grad():
+        logits, state = model(_ids(1, SEG))
+    assert logits.dtype == torch.bfloat16
+    assert {t.dtype for t in state.M + state.z} == {torch.float32}
+
+
+def test_gates_are_one_learned_parameter_per_query_head(hf):
+    model = convert(hf, MemoryConfig(segment_len=SEG, gate_init=-2.0))
+    assert model.gates.shape == (2, 4)
+    assert isinstance(model.gates, torch.nn.Parameter) and model.gates.requires_grad
+    assert_close(model.gates, torch.full((2, 4), -2.0))
+    assert "gates" in dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_gradients_flow_through_memory_across_segments(hf, checkpoint):
+    model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.0))
+    segs = list(_ids(1, 48, seed=4).split(16, dim=1))
+    outs, state = model.forward_segments(segs, checkpoint=checkpoint)
+    outs[-1].float().logsumexp(-1).mean().backward()
+    assert isinstance(state, MemoryState) and len(outs) == 3
+    grad = model.gates.grad
+    assert grad is not None and grad.abs().sum() > 0
+    emb = hf.model.embed_tokens.weight.grad
+    assert emb[segs[0][0]].abs().sum() > 0  # the first segment reaches the last one's loss via memory
+
+
+def test_checkpointing_gives_the_same_gradients(hf):
+    model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.5))
+    segs = list(_ids(1, 32, seed=5).split(16, dim=1))
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        outs, _ = model.forward_segments(segs, checkpoint=ckpt)
+        sum(o.logsumexp(-1).mean() for o in outs).backward()
+        grads.append(model.gates.grad.clone())
+    assert_close(grads[0], grads[1])
+
+
+def test_unsupported_architecture_raises_patch_error():
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=100)
+    with pytest.raises(PatchError, match="'gpt2' cannot get Infini memories"):
+        convert(transformers.GPT2LMHeadModel(cfg))
+
+
+def test_adapter_round_trip(hf, tmp_path):
+    model = convert(hf, MemoryConfig(segment_len=SEG))
+    with torch.no_grad():
+        model.gates.copy_(torch.arange(8, dtype=torch.float32).view(2, 4))
+    save_adapter(model, tmp_path / "a.safetensors", {"steps": 3, "task": "passkey"})
+    fresh = convert(hf, MemoryConfig(segment_len=SEG))
+    card = load_adapter(fresh, tmp_path / "a.safetensors")
+    assert card == {"steps": 3, "task": "passkey"}
+    assert torch.equal(fresh.gates, model.gates)
+
+
+def test_mismatched_adapter_raises_checkpoint_error(hf, tmp_path):
+    small = dict(
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=32,
+        vocab_size=100,
+    )
+    other = convert(transformers.LlamaForCausalLM(transformers.LlamaConfig(**small)))
+    save_adapter(other, tmp_path / "other.safetensors", {})
+    with pytest.raises(CheckpointError, match="gates has shape \\(2, 2\\), this model needs \\(2, 4\\)"):
+        load_adapter(convert(hf), tmp_path / "other.safetensors")
+
+
+def test_damaged_or_missing_adapter_raises_checkpoint_error(hf, tmp_path):
+    model = convert(hf)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_adapter(model, tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_adapter(model, tmp_path / "bad.safetensors")
+
+
+def test_initial_gate_leans_on_local_attention(hf):
+    gate = 1 / (1 + math.exp(-convert(hf).gates[0, 0].item()))
+    assert gate < 0.01  # MemoryConfig.gate_init: an untrained conversion barely reads memory
