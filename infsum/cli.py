@@ -28,7 +28,7 @@ EXAMPLES = """\
 Examples:
 
 \b
-  infsum samples/txt/the-gift-of-the-magi.txt
+  infsum book.txt
       summarize a book with the default model; Markdown to stdout
   infsum book.epub --words 200 -o out/ --ref ref.txt
       write out/book.summary.md and .json, and score against a reference
