@@ -64,7 +64,7 @@ class FillerSource:
     @classmethod
     def from_files(cls, tokenizer: Tokenizer, paths: Sequence[Path]) -> FillerSource:
         """Prose from ``paths`` (``.gz`` or plain UTF-8 text); raises EmptyDocumentError if they hold none."""
-        texts = [_read_text(Path(p)) for p in paths]
+        texts = [read_text(Path(p)) for p in paths]
         pieces = [tokenizer.encode(" ".join(t.split())) for t in texts if t.strip()]
         if not pieces:
             raise EmptyDocumentError(f"filler files {', '.join(map(str, paths))} hold no text: pass prose")
@@ -84,7 +84,8 @@ class FillerSource:
         return out
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file, gunzipped when its name ends in ``.gz``."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         return f.read()
@@ -108,10 +109,12 @@ def random_key(rng: random.Random) -> str:
 
 def make_sample(
     tokenizer: Tokenizer, *, length: int, depth: float, rng: random.Random, filler: FillerSource,
-    key: str | None = None,
+    key: str | None = None, key_end: int | None = None,
 ) -> PasskeySample:
     """A sample of ``length`` tokens (prompt + answer + slack) with the key at ``depth`` (0 = start of
-    the filler, 1 = just before the question). Raises ConfigError when ``length`` is too short."""
+    the filler, 1 = just before the question). With ``key_end`` the key sentence ends at or before
+    that token index and ``depth`` is a fraction of the filler before it (training keeps the key out of
+    the last segment this way). Raises ConfigError when ``length`` is too short."""
     if not 0.0 <= depth <= 1.0:
         raise ConfigError(f"passkey depth {depth} is outside 0..1: pass depths such as 0,0.5,1")
     key = key or random_key(rng)
@@ -126,7 +129,8 @@ def make_sample(
         raise ConfigError(f"passkey length {length} is too short for the prompt: use at least "
                           f"{length - n_fill} tokens")
     fill = filler.take(n_fill, rng)
-    at = round(depth * n_fill)
+    room = n_fill if key_end is None else min(n_fill, max(0, key_end - len(head) - len(key_ids)))
+    at = round(depth * room)
     ids = head + fill[:at] + key_ids + fill[at:] + tail
     return PasskeySample(tuple(ids), tuple(answer), key, len(head) + at, depth)
 

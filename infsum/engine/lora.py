@@ -8,7 +8,7 @@ added adapter leaves the model's outputs unchanged (Hu et al. 2021, arXiv 2106.0
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -64,6 +64,34 @@ def add_lora(
         wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
         raise ValueError(f"no linear layer named any of {targets} to add LoRA to")
+    return wrapped
+
+
+def add_lora_from_state(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], *, alpha: float | None = None
+) -> list[str]:
+    """Wrap exactly the linears that ``tensors`` holds adapter weights for, before loading them.
+
+    Names are as in ``model.named_parameters()`` (``...q_proj.lora_A``); the rank comes from each
+    ``lora_A``'s shape and ``alpha`` (the card's ``lora.alpha``) defaults to ``2 * rank``, as in
+    ``add_lora``. Modules already wrapped are left alone. Returns the names of the wrapped modules.
+    """
+    modules = dict(model.named_modules())
+    wrapped: list[str] = []
+    for key, t in tensors.items():
+        if not key.endswith(LORA_MARKER + "A"):
+            continue
+        name = key[: -len(LORA_MARKER + "A")]
+        parent_name, _, child_name = name.rpartition(".")
+        child = modules.get(name)
+        if isinstance(child, LoRALinear):
+            continue
+        if not isinstance(child, nn.Linear):
+            raise ValueError(f"adapter weight {key} names no linear layer of this model")
+        rank = t.shape[0]
+        lora = LoRALinear(child, rank=rank, alpha=float(2 * rank if alpha is None else alpha))
+        setattr(modules[parent_name] if parent_name else model, child_name, lora)
+        wrapped.append(name)
     return wrapped
 
 
