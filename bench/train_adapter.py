@@ -1,0 +1,125 @@
+"""Train the shipped adapter for the default model, then measure it: passkey and held-out perplexity.
+
+Usage (the shipped adapter, on a 2-core CPU; see docs/adapter.md for the exact command and results):
+
+    nice python bench/train_adapter.py --model /tmp/smollm2 --default-name \
+        --out infsum/adapters/smollm2-135m-instruct.safetensors
+
+Evaluation (written into the card's ``eval``): passkey accuracy with the adapter, with the untrained
+conversion and with memory off, on identical prompts; perplexity on a held-out corpus book (excluded
+from training) for the adapter and the untrained conversion at the same segment length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from infsum.config import MemoryConfig
+from infsum.engine.patch import InfiniModel
+from infsum.models import DEFAULT_MODEL, load_model
+from infsum.passkey import read_text, run_passkey, with_memory_config
+from infsum.tokenizer import Tokenizer
+from infsum.training import TrainConfig, TrainProgress, sequence_loss, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HELD_OUT = "the-prisoner-of-zenda.txt.gz"  # never trained on: the perplexity check reads it
+
+
+def perplexity(model: InfiniModel, ids: list[int], segment_len: int) -> float:
+    """exp(mean next-token loss) of ``ids`` read in segments of ``segment_len`` through the memory."""
+    m = with_memory_config(model, replace(model.cfg, segment_len=segment_len))
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        total, count = sequence_loss(m, x, x.clone(), checkpointing=False)
+    return math.exp(float(total) / int(count))
+
+
+def make_evaluate(args: argparse.Namespace, base_dir: str):
+    """The evaluation run after training: passkey (adapter, untrained, memory off) and perplexity."""
+
+    def evaluate(model: InfiniModel, tok: Tokenizer) -> dict:
+        t0 = time.time()
+        base = load_model(base_dir, device="cpu").model
+        untrained = InfiniModel(base, MemoryConfig(segment_len=args.eval_segment))  # default gate init
+        kw = dict(tokenizer=tok, lengths=tuple(args.eval_lengths), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+                  trials=args.eval_trials, segment_len=args.eval_segment, seed=1234)
+        out: dict = {"passkey": {}, "perplexity": {}}
+        runs = (("adapter", model, True), ("untrained", untrained, True), ("memory_off", model, False))
+        for name, m, mem in runs:
+            rep = run_passkey(m, memory=mem, **kw)
+            out["passkey"][name] = {"table": rep.to_dict()["table"], "mean": rep.mean(),
+                                    "mean_earlier_segments": rep.mean(earlier_only=True),
+                                    "answers": [[r.key, r.answer] for r in rep.results]}
+            print(f"passkey {name}: {rep.rows()}", flush=True)
+        held = tok.encode(" ".join(read_text(SHARED / "corpus" / HELD_OUT).split()))
+        ids = held[20000 : 20000 + args.ppl_tokens]  # a slice from the book's middle
+        for seg in sorted({args.segment_len, args.eval_segment}):
+            row = {"adapter": perplexity(model, ids, seg), "untrained": perplexity(untrained, ids, seg)}
+            row["ratio"] = row["adapter"] / row["untrained"]
+            out["perplexity"][str(seg)] = row
+            print(f"perplexity at segment {seg}: {row}", flush=True)
+        out["perplexity_text"] = f"{HELD_OUT}, tokens 20000..{20000 + args.ppl_tokens}"
+        out["passkey_settings"] = {"lengths": args.eval_lengths, "segment_len": args.eval_segment,
+                                   "trials_per_cell": args.eval_trials, "filler": "builtin", "seed": 1234}
+        out["eval_seconds"] = round(time.time() - t0, 1)
+        return out
+
+    return evaluate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="base model directory (default: infsum's default model)")
+    p.add_argument("--default-name", action="store_true", help="--model is a copy of the default model")
+    p.add_argument("--out", type=Path, default=Path("infsum/adapters/smollm2-135m-instruct.safetensors"))
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--segment-len", type=int, default=256)
+    p.add_argument("--segments", default="2-3")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--gate-lr", type=float, default=5e-2)
+    p.add_argument("--gate-init", type=float, default=-2.0)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--mix", default="0.3,0.5,0.2", help="lm,passkey,summary shares")
+    p.add_argument("--max-minutes", type=float, default=15.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/infsum-train-ckpt"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-lengths", type=int, nargs="+", default=[4096])
+    p.add_argument("--eval-segment", type=int, default=2048)
+    p.add_argument("--eval-trials", type=int, default=2)
+    p.add_argument("--ppl-tokens", type=int, default=4096)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    lo, hi = (int(x) for x in args.segments.split("-"))
+    cfg = TrainConfig(
+        out=args.out, model=args.model, device="cpu", steps=args.steps, batch_size=args.batch_size,
+        segment_len=args.segment_len, segments=(lo, hi), lr=args.lr, gate_lr=args.gate_lr,
+        gate_init=args.gate_init, lora_rank=args.rank, mix=tuple(float(x) for x in args.mix.split(",")),
+        corpus=(SHARED / "corpus",), exclude=(HELD_OUT,), summaries=(SHARED / "squality" / "train.jsonl",),
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=10, resume=args.resume,
+        max_seconds=args.max_minutes * 60, warmup=5,
+    )
+    loaded = load_model(args.model, device="cpu", dtype=torch.float32)
+    if args.default_name:  # a local copy of the default model: name it as such in the card
+        loaded = replace(loaded, name=DEFAULT_MODEL, is_default=True)
+
+    def show(s: TrainProgress) -> None:
+        print(f"step {s.step}/{s.steps} loss {s.loss:.3f} {s.tokens_per_s:.0f} tok/s "
+              f"eta {s.eta_s / 60:.1f} min gate_max {s.gate_max:.3f}", flush=True)
+
+    result = train(cfg, progress=show, loaded=loaded, evaluate=make_evaluate(args, str(loaded.path)))
+    print(json.dumps({k: v for k, v in result.card.items() if k != "settings"}, indent=1)[:4000])
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
