@@ -116,16 +116,17 @@ class PeakRSS:
 class Runner:
     """Produces summaries for each strategy; the model is loaded once, on first need."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, model: str | None, device: str) -> None:
+        self.model = model
         self.device = device
         self._loaded = None
 
     def loaded(self):
-        """The default model, loaded on first use."""
+        """The model (None = infsum's default), loaded on first use."""
         if self._loaded is None:
             from infsum.models import load_model
 
-            self._loaded = load_model(None, device=self.device)
+            self._loaded = load_model(self.model, device=self.device)
         return self._loaded
 
     def summarize(self, strategy: str, book: Book, words: int) -> str:
@@ -142,7 +143,7 @@ class Runner:
         from infsum.config import SummarizeConfig
         from infsum.pipeline import summarize
 
-        cfg = SummarizeConfig(device=self.device, words=words)
+        cfg = SummarizeConfig(model=self.model, device=self.device, words=words)
         if strategy == "infini-memory-off":
             cfg = replace(cfg, memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":
@@ -192,9 +193,11 @@ def run(
     *,
     words: int | None,
     runner: Runner,
+    compute: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run every (strategy, item) pair not yet stored in ``run_dir``; return all stored rows."""
+    """Run every (strategy, item) pair not yet stored in ``run_dir`` (none without ``compute``);
+    return all stored rows."""
     rows = []
     for strategy in strategies:
         for item in items:
@@ -202,6 +205,8 @@ def run(
             if path.is_file():
                 row = json.loads(path.read_text(encoding="utf-8"))
                 log(f"{strategy:>18} {item.id:<32} done before")
+            elif not compute:
+                continue
             else:
                 row = run_one(runner, strategy, item, words)
                 write_json_atomic(path, row)
@@ -296,7 +301,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("--words", default="ref", help="summary length: 'ref' (the reference's) or N")
     p.add_argument("--run-dir", type=Path, required=True, help="resumable output directory")
+    p.add_argument("--model", default=None, help="model name, directory or .gguf (default: infsum's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of Overall by strategy here")
     return p.parse_args(argv)
 
@@ -312,11 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(f"unknown strategies {unknown}; use: {', '.join((*STRATEGIES, *INFINI_VARIANTS))}")
     words = None if args.words == "ref" else int(args.words)
     items = load_items(args.data, limit=args.limit)
-    rows = run(args.run_dir, strategies, items, words=words, runner=Runner(args.device))
+    runner = Runner(args.model, args.device)
+    rows = run(args.run_dir, strategies, items, words=words, runner=runner, compute=not args.report_only)
+    if not rows:
+        sys.exit(f"{args.run_dir}: no results stored for these strategies and items")
     entries = write_outputs(args.run_dir, rows)
     print(table_markdown(entries), end="")
     if args.plot:
-        plot(entries, args.plot, f"{args.data} ({len(items)} items)")
+        plot(entries, args.plot, f"Overall ROUGE on {args.data}, 95% bootstrap intervals")
     return 0
 
 

@@ -87,3 +87,6 @@ def test_run_directory_resumes_without_redoing_work(quality, tmp_path: Path) -> 
     table = json.loads((run_dir / "table.json").read_text())
     assert table[0]["strategy"] == "lead" and table[0]["n"] == 3
     assert len((run_dir / "results.jsonl").read_text().splitlines()) == 3
+    files[0].unlink()
+    assert quality.main([*argv, "--report-only"]) == 0  # tabulates what is stored, runs nothing
+    assert not files[0].exists() and json.loads((run_dir / "table.json").read_text())[0]["n"] == 2
