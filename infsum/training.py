@@ -415,8 +415,10 @@ def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None 
 
     _check(cfg)
     procs = _Processes(cfg.device)
-    if loaded is None:
-        loaded = load_model(cfg.model, device=procs.device or cfg.device, dtype=torch.float32)
+    if loaded is None:  # several processes: each loads on the CPU, then moves to its own device
+        loaded = load_model(cfg.model, device="cpu" if procs.device else cfg.device, dtype=torch.float32)
+    if procs.device is not None:
+        loaded.model.to(procs.device)
     torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every process
     model = build_model(loaded.model, cfg).train()
     opt = make_optimizer(model, cfg)

@@ -216,3 +216,39 @@ def test_summary_pairs_score_only_the_summary(tiny_model_dir: Path, tmp_path: Pa
         scored = tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE])
         assert scored in {"It ends.<|im_end|>", "Plot one.<|im_end|>", "Plot two.<|im_end|>"}
         assert "Summarize the plot" in tok.decode(ex.ids)
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from infsum.training import TrainConfig, train
+cfg = TrainConfig(out=Path(sys.argv[2]), model=sys.argv[1], device="cpu", steps=2, batch_size=1,
+                  segment_len=64, segments=(2, 2), mix=(0.0, 1.0, 0.0), warmup=1)
+r = train(cfg)
+if r.card:  # only the main process writes the adapter and returns its card
+    print("WROTE", flush=True)
+"""
+
+
+def test_two_processes_train_data_parallel(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`accelerate launch` with two CPU processes (torchrun + gloo): samples differ per process,
+    gradients are averaged, only the main process writes the adapter."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate is not installed")
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "a.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tiny_model_dir), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["hardware"]["processes"] == 2
+    assert card["tokens_seen"] == 2 * 2 * 128  # processes x steps x (1 sample of 2 segments of 64)
+    assert proc.stdout.count("WROTE") == 1, proc.stdout
