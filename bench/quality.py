@@ -267,14 +267,19 @@ def plot(entries: Sequence[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{e['strategy']}\n(n={e['n']})" for e in entries]
+    names = [f"{e['strategy']}\n(n={e['n']}{'' if e['overall_ci'] else ', no CI'})" for e in entries]
     means = [e["overall"] for e in entries]
-    lo = [e["overall"] - e["overall_ci"][0] if e["overall_ci"] else 0 for e in entries]
-    hi = [e["overall_ci"][1] - e["overall"] if e["overall_ci"] else 0 for e in entries]
-    fig, ax = plt.subplots(figsize=(1.4 * len(entries) + 2, 4))
-    ax.bar(names, means, yerr=[lo, hi], capsize=5, color="#4c72b0")
-    ax.set_ylabel("Overall ROUGE (geometric mean of R-1, R-2, R-L F1, %)")
-    ax.set_title(title)
+    colors = ["#4c72b0" if e["overall_ci"] else "#a6b8d8" for e in entries]  # pale: too few items
+    fig, ax = plt.subplots(figsize=(1.6 * len(entries) + 2, 4))
+    ax.bar(names, means, color=colors)
+    for x, e in enumerate(entries):
+        if e["overall_ci"]:
+            lo, hi = e["overall_ci"]
+            ax.errorbar(
+                x, e["overall"], yerr=[[e["overall"] - lo], [hi - e["overall"]]], color="k", capsize=5
+            )
+    ax.set_ylabel("Overall ROUGE F1 (%)")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
