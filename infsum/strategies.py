@@ -43,8 +43,9 @@ def lead(text: str, words: int) -> str:
 
 # ---------------------------------------------------------------- textrank
 
-# a sentence ends at . ! or ?, optionally followed by one closing quote or bracket, then whitespace
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+")
+# a sentence ends at . ! or ?, optionally followed by one closing quote or bracket, then whitespace,
+# and the next one does not start in lower case (so '"Why?" said he.' stays one sentence)
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+(?![a-z])")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further had
@@ -57,7 +58,7 @@ _STOPWORD_TEXT = """a about above after again against all am an and any are as a
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 DAMPING = 0.85
 MAX_GRAPH_SENTENCES = 2000  # the graph is dense (n x n): above this, pre-select by weighted degree
-MIN_SENTENCE_WORDS = 4  # shorter "sentences" (headings, "Yes.") are never picked
+MIN_SENTENCE_WORDS = 8  # shorter sentences (headings, dialogue tags, "Yes.") are never picked
 
 
 def split_sentences(text: str) -> list[str]:

@@ -53,8 +53,13 @@ def test_lead_takes_exactly_the_first_words_in_order() -> None:
 
 
 def test_split_sentences_joins_wrapped_lines_and_splits_paragraphs() -> None:
-    text = 'He said "Go." Then\nhe left!\n\nNew paragraph here'
-    assert split_sentences(text) == ['He said "Go."', "Then he left!", "New paragraph here"]
+    text = 'He said "Go." Then\nhe left! "Why?" said she.\n\nNew paragraph here'
+    assert split_sentences(text) == [
+        'He said "Go."',
+        "Then he left!",
+        '"Why?" said she.',
+        "New paragraph here",
+    ]
 
 
 def test_textrank_picks_the_central_sentence() -> None:
