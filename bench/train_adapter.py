@@ -21,13 +21,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from infsum.config import MemoryConfig
-from infsum.engine.patch import InfiniModel
+from infsum.engine.lora import add_lora_from_state
+from infsum.engine.patch import InfiniModel, load_adapter
 from infsum.models import DEFAULT_MODEL, load_model
 from infsum.passkey import read_text, run_passkey, with_memory_config
 from infsum.tokenizer import Tokenizer
-from infsum.training import TrainConfig, TrainProgress, sequence_loss, train
+from infsum.training import TrainConfig, TrainProgress, sequence_loss, train, write_adapter
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HELD_OUT = "the-prisoner-of-zenda.txt.gz"  # never trained on: the perplexity check reads it
@@ -75,6 +77,19 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
     return evaluate
 
 
+def reevaluate(args: argparse.Namespace) -> None:
+    """Measure the adapter ``args.out`` again and write the new results into its card."""
+    loaded = load_model(args.model, device="cpu", dtype=torch.float32)
+    tensors = load_file(str(args.out))
+    card = json.loads(args.out.with_suffix(".json").read_text())
+    model = InfiniModel(loaded.model, MemoryConfig(segment_len=args.eval_segment))
+    add_lora_from_state(model, tensors, alpha=(card.get("lora") or {}).get("alpha"))
+    load_adapter(model, args.out)
+    card["eval"] = make_evaluate(args, str(loaded.path))(model.eval(), loaded.tokenizer)
+    write_adapter(model, args.out, card)
+    print(json.dumps(card["eval"]["perplexity"], indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="base model directory (default: infsum's default model)")
@@ -97,8 +112,12 @@ def main() -> None:
     p.add_argument("--eval-segment", type=int, default=2048)
     p.add_argument("--eval-trials", type=int, default=2)
     p.add_argument("--ppl-tokens", type=int, default=4096)
+    p.add_argument("--eval-only", action="store_true", help="re-measure an existing --out adapter")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.eval_only:
+        reevaluate(args)
+        return
     lo, hi = (int(x) for x in args.segments.split("-"))
     cfg = TrainConfig(
         out=args.out, model=args.model, device="cpu", steps=args.steps, batch_size=args.batch_size,
