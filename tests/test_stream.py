@@ -83,20 +83,59 @@ def test_memory_off_ignores_earlier_segments(tiny_model_dir):
     assert reader.generate(reader.read(a), prompt, GREEDY) == reader.generate(reader.read(b), prompt, GREEDY)
 
 
+def _logits_after(reader, memory, local):
+    with torch.inference_mode():
+        return reader.model(local[None], memory, logits="last", write=False)[0].flatten()
+
+
 def test_generation_rolls_into_memory_like_reading(reader):
-    """Each greedy token equals the argmax after reading book + prompt + tokens so far, across
-    several segment boundaries (prefill, cached decoding and the roll into memory agree)."""
+    """Each greedy token's logits equal those of a direct computation across several segment
+    boundaries: an answer longer than a segment first sends the pending book tail to memory (one
+    short segment), then starts the local segment with the prompt and rolls every SEG tokens."""
     book, prompt = _ids(40, seed=6), _ids(5, seed=7)
-    out = reader.generate(reader.read(book), prompt, GREEDY)
-    assert len(out) == GREEDY.max_new_tokens  # 45..85 tokens: crosses 3 segment boundaries
-    seq = torch.cat([book, prompt])
+    gen = replace(GREEDY, max_new_tokens=40)  # longer than a segment
+    steps = []
+    out = reader.generate(reader.read(book), prompt, gen, on_token=steps.append)
+    assert len(out) == gen.max_new_tokens
+    with torch.inference_mode():
+        memory = reader.read(book).memory
+        _, memory = reader.model(book[32:][None], memory, logits="none")  # the short pending segment
+    seq = prompt.clone()
     for tok in out:
-        n_full = (len(seq) - 1) // SEG * SEG  # the last 1..SEG tokens are the local segment
-        state = reader.read(seq[:n_full])
+        n_full = (len(seq) - 1) // SEG * SEG
+        mem = memory
         with torch.inference_mode():
-            logits = reader.model(seq[n_full:][None], state.memory, logits="last", write=False)[0]
-        assert int(logits.argmax()) == tok
+            for s in range(0, n_full, SEG):
+                _, mem = reader.model(seq[s : s + SEG][None], mem, logits="none")
+        assert int(_logits_after(reader, mem, seq[n_full:]).argmax()) == tok
         seq = torch.cat([seq, torch.tensor([tok])])
+
+
+def test_an_answer_that_fits_keeps_the_book_tail_and_prompt_local(reader, monkeypatch):
+    """With room for the whole answer, nothing rolls into memory mid-answer: the oldest pending
+    tokens go to memory first, and the prefill sees the book's tail + prompt, SEG - max_new_tokens
+    tokens, as one local segment."""
+    book, prompt = _ids(46, seed=8), _ids(3, seed=9)  # 14 pending tokens: with the prompt, 17 > SEG
+    gen = replace(GREEDY, max_new_tokens=6)
+    calls, prefills = [], []
+    real_commit, real_decode = reader.model.commit, reader.model.decode
+    monkeypatch.setattr(reader.model, "commit", lambda *a, **k: calls.append(1) or real_commit(*a, **k))
+
+    def decode(ids, memory, cache):
+        logits = real_decode(ids, memory, cache)
+        if not prefills:
+            prefills.append((ids.clone(), logits.clone()))
+        return logits
+
+    monkeypatch.setattr(reader.model, "decode", decode)
+    state = reader.read(book)
+    out = reader.generate(state, prompt, gen)
+    assert len(out) == 6 and calls == []
+    tail = torch.cat([book[32:], prompt])
+    assert torch.equal(prefills[0][0].flatten().cpu(), tail[-(SEG - 6) :])
+    with torch.inference_mode():
+        _, memory = reader.model(tail[:7][None], state.memory, logits="none")
+    torch.testing.assert_close(prefills[0][1].flatten(), _logits_after(reader, memory, tail[7:]))
 
 
 def test_generation_stops_on_a_stop_id(reader):

@@ -105,6 +105,10 @@ class InfiniReader:
     ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
+        Before decoding, the oldest pending tokens go into memory (as one shorter segment) until
+        the prompt and ``gen.max_new_tokens`` fit in the local segment; only an answer longer than
+        a segment rolls into memory while it is generated.
+
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
         top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
         look at the generated tokens only (not the book or prompt). ``on_token`` sees each token.
@@ -118,12 +122,19 @@ class InfiniReader:
         if len(local) == 0:
             raise ConfigError("nothing to generate from: give a prompt (the chat template at least)")
         seg = self.cfg.segment_len
-        n_full = (len(local) - 1) // seg * seg  # keep 1..seg tokens for the local segment
-        memory, _ = self._run_full_segments(local[:n_full], state.memory, n_full, 0, None)
+        # keep as much of the book's tail as leaves room for the whole answer in the local segment:
+        # a segment that filled up mid-answer would move the book's last words and the instruction
+        # into memory, which an untrained gate barely reads (the answer then loses its subject)
+        keep = min(max(seg - gen.max_new_tokens, len(prompt), 1), seg, len(local))
+        head = len(local) - keep
+        memory = state.memory
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._decode_loop(local[n_full:], memory, gen, set(stop_ids), on_token)
+            for start in range(0, head, seg):  # full segments, then one shorter one
+                chunk = local[start : min(start + seg, head)].to(self.device)[None]
+                _, memory = self.model(chunk, memory, logits="none")
+            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token)
         finally:
             self.model.train(was_training)
 
