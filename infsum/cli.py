@@ -407,6 +407,12 @@ def batch_table(report) -> Table:
     return table
 
 
+# passkey and train live in their own module, which takes the option types defined above
+from . import cli_train  # noqa: E402
+
+cli_train.register(app)
+
+
 def main() -> None:
     """Entry point of the ``infsum`` console script."""
     app()
