@@ -26,6 +26,21 @@ _EXPORTS = {
     "summarize": "infsum.pipeline",
     "SummaryResult": "infsum.pipeline",
     "run_batch": "infsum.batch",
+    "load_model": "infsum.models",
+    "LoadedModel": "infsum.models",
+    "DEFAULT_MODEL": "infsum.models",
+    "load_tokenizer": "infsum.tokenizer",
+    "Tokenizer": "infsum.tokenizer",
+    "convert": "infsum.engine",
+    "InfiniModel": "infsum.engine",
+    "InfiniReader": "infsum.engine",
+    "MemoryState": "infsum.engine",
+    "save_state": "infsum.engine",
+    "load_state": "infsum.engine",
+    "save_adapter": "infsum.engine",
+    "load_adapter": "infsum.engine",
+    "run_strategy": "infsum.strategies",
+    "run_passkey": "infsum.passkey",
 }
 
 __all__ = ["__version__", *_EXPORTS]
