@@ -125,7 +125,9 @@ class InfiniReader:
         # keep as much of the book's tail as leaves room for the whole answer in the local segment:
         # a segment that filled up mid-answer would move the book's last words and the instruction
         # into memory, which an untrained gate barely reads (the answer then loses its subject)
-        keep = min(max(seg - gen.max_new_tokens, len(prompt), 1), seg, len(local))
+        room = seg - gen.max_new_tokens
+        # an answer longer than a segment rolls into memory anyway: then keep the prompt local
+        keep = min(len(local), room if room >= 1 else max(min(len(prompt), seg), 1))
         head = len(local) - keep
         memory = state.memory
         was_training = self.model.training
