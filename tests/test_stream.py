@@ -36,6 +36,7 @@ def _same_state(a, b) -> bool:
     return (
         a.n_read == b.n_read
         and torch.equal(a.pending, b.pending)
+        and torch.equal(a.recent, b.recent)
         and all(
             torch.equal(x, y) for x, y in zip(a.memory.M + a.memory.z, b.memory.M + b.memory.z, strict=True)
         )
@@ -136,6 +137,29 @@ def test_an_answer_that_fits_keeps_the_book_tail_and_prompt_local(reader, monkey
     with torch.inference_mode():
         _, memory = reader.model(tail[:7][None], state.memory, logits="none")
     torch.testing.assert_close(prefills[0][1].flatten(), _logits_after(reader, memory, tail[7:]))
+
+
+def test_a_short_pending_tail_is_topped_up_with_the_last_segment(reader, monkeypatch):
+    """A book ending just after a segment boundary still has its last SEG - max_new_tokens tokens
+    in the local segment at generation: the end of the last segment (already in memory) is re-read
+    locally and not written again."""
+    book, prompt = _ids(34, seed=10), _ids(3, seed=11)  # 2 pending tokens
+    gen = replace(GREEDY, max_new_tokens=6)
+    state = reader.read(book)
+    assert torch.equal(state.recent, book[16:32]) and torch.equal(state.pending, book[32:])
+    prefills = []
+    real_decode = reader.model.decode
+
+    def decode(ids, memory, cache):
+        if not prefills:
+            prefills.append((ids.clone(), memory))
+        return real_decode(ids, memory, cache)
+
+    monkeypatch.setattr(reader.model, "decode", decode)
+    reader.generate(state, prompt, gen)
+    local, memory = prefills[0]
+    assert torch.equal(local.flatten().cpu(), torch.cat([book, prompt])[-(SEG - 6) :])
+    assert all(torch.equal(x, y) for x, y in zip(memory.M, state.memory.M, strict=True))  # not re-written
 
 
 def test_generation_stops_on_a_stop_id(reader):

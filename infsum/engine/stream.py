@@ -9,7 +9,7 @@ very same segments and gives bit-identical state and output. The reader streams 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,8 @@ class ReaderState:
 
     ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
     token read; ``segment_len``, ``update`` and ``model_name`` say how the memory was built.
+    ``recent`` holds the ids of the last segment already written into memory: generation re-reads
+    the end of it locally when the pending tail is short (see ``InfiniReader.generate``).
     """
 
     memory: MemoryState | None
@@ -40,6 +42,7 @@ class ReaderState:
     segment_len: int
     update: str
     model_name: str
+    recent: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 class InfiniReader:
@@ -74,7 +77,10 @@ class InfiniReader:
         ids = torch.as_tensor(ids if isinstance(ids, Tensor) else list(ids), dtype=torch.long).cpu()
         buf = torch.cat([state.pending, ids.flatten()])
         memory, n_full = self._run_full_segments(buf, state.memory, len(ids), len(state.pending), progress)
-        return replace(state, memory=memory, pending=buf[n_full:].clone(), n_read=state.n_read + len(ids))
+        recent = buf[n_full - self.cfg.segment_len : n_full].clone() if n_full else state.recent
+        return replace(
+            state, memory=memory, pending=buf[n_full:].clone(), recent=recent, n_read=state.n_read + len(ids)
+        )
 
     def _run_full_segments(
         self, buf: Tensor, memory: MemoryState | None, total: int, skip: int, progress: Progress | None
@@ -105,9 +111,14 @@ class InfiniReader:
     ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
-        Before decoding, the oldest pending tokens go into memory (as one shorter segment) until
-        the prompt and ``gen.max_new_tokens`` fit in the local segment; only an answer longer than
-        a segment rolls into memory while it is generated.
+        The local segment is sized so that the whole answer fits (only an answer longer than a
+        segment rolls into memory while it is generated): when pending tokens + prompt leave no
+        room, the oldest pending tokens go into memory first (as one shorter segment); when they
+        leave room, it is filled with the end of the last segment already in memory, re-read
+        locally but not written again. So the answer always sees the book's last
+        ``segment_len - max_new_tokens`` tokens directly, whatever the book's length modulo the
+        segment length (an untrained gate reads little from memory: without this, a book that
+        ends just after a segment boundary would be summarized from the prompt alone).
 
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
         top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
@@ -129,6 +140,8 @@ class InfiniReader:
         # an answer longer than a segment rolls into memory anyway: then keep the prompt local
         keep = min(len(local), room if room >= 1 else max(min(len(prompt), seg), 1))
         head = len(local) - keep
+        if head == 0 and room >= 1 and len(local) < room:  # room left: re-read the last segment's end
+            local = torch.cat([state.recent[max(len(state.recent) - (room - len(local)), 0) :], local])
         memory = state.memory
         was_training = self.model.training
         self.model.eval()
@@ -227,14 +240,17 @@ class _Sampler:
 def save_state(state: ReaderState, path: str | Path) -> None:
     """Save a reader state as safetensors (+ JSON metadata).
 
-    The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats) and the pending ids in a
-    fixed segment_len slot, so its size does not depend on the book's length (a state whose memory
+    The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats) and the pending and recent ids in
+    fixed segment_len slots, so its size does not depend on the book's length (a state whose memory
     is still empty, a book shorter than one segment, is smaller). Pending tokens are re-run on use.
     """
     seg = state.segment_len
     pending = torch.zeros(seg, dtype=torch.long)
     pending[: len(state.pending)] = state.pending
-    tensors = {"pending": pending, "counts": torch.tensor([len(state.pending), state.n_read])}
+    recent = torch.zeros(seg, dtype=torch.long)
+    recent[: len(state.recent)] = state.recent
+    counts = torch.tensor([len(state.pending), state.n_read, len(state.recent)])
+    tensors = {"pending": pending, "recent": recent, "counts": counts}
     if state.memory is not None:
         for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
             tensors[f"M.{i}"] = M.detach().cpu().contiguous()
@@ -266,7 +282,7 @@ def load_state(path: str | Path) -> ReaderState:
                 tuple(tensors[f"M.{i}"] for i in range(n_layers)),
                 tuple(tensors[f"z.{i}"] for i in range(n_layers)),
             )
-        n_pending, n_read = (int(x) for x in tensors["counts"])
+        n_pending, n_read, n_recent = (int(x) for x in tensors["counts"])
         return ReaderState(
             memory,
             tensors["pending"][:n_pending].clone(),
@@ -274,6 +290,7 @@ def load_state(path: str | Path) -> ReaderState:
             int(meta["segment_len"]),
             meta["update"],
             meta.get("model", ""),
+            tensors["recent"][:n_recent].clone(),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
