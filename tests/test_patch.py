@@ -183,3 +183,23 @@ def test_damaged_or_missing_adapter_raises_checkpoint_error(hf, tmp_path):
 def test_initial_gate_leans_on_local_attention(hf):
     gate = 1 / (1 + math.exp(-convert(hf).gates[0, 0].item()))
     assert gate < 0.01  # MemoryConfig.gate_init: an untrained conversion barely reads memory
+
+
+def test_adapter_with_lora_loads_into_a_fresh_conversion(tiny_model_dir, tmp_path):
+    """An adapter carrying LoRA weights loads into a model that has no LoRA yet (as the pipeline
+    does with the shipped adapter) and reproduces the trained model's logits."""
+    from infsum.engine.lora import add_lora
+
+    ids = torch.randint(0, 49152, (1, 24), generator=torch.Generator().manual_seed(3))
+    cfg = MemoryConfig(segment_len=8, gate_init=0.5)
+    trained = convert(transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir), cfg)
+    add_lora(trained, rank=4)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora" in name or name == "gates":
+                p.add_(torch.randn_like(p) * 0.1)
+    save_adapter(trained, tmp_path / "a.safetensors", {"lora": {"rank": 4, "alpha": 8}})
+    fresh = convert(transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir), cfg)
+    load_adapter(fresh, tmp_path / "a.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids, None)[0], trained(ids, None)[0])

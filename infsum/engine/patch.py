@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
+from infsum.engine.lora import LORA_MARKER, add_lora_from_state
 from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
 from infsum.errors import CheckpointError, ConfigError, PatchError
 
@@ -366,6 +367,10 @@ def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
             card = json.loads((f.metadata() or {}).get("card", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"adapter {path} is damaged ({e}): save it again") from e
+    if any(LORA_MARKER in k for k in tensors):
+        # the adapter carries low-rank weights: wrap the projections it names first (in place, on
+        # the HF model this InfiniModel runs; projections already wrapped are left alone)
+        add_lora_from_state(model, tensors, alpha=(card.get("lora") or {}).get("alpha"))
     own = model.infini_state_dict()
     if set(tensors) != set(own):
         raise CheckpointError(f"adapter {path} holds {sorted(tensors)}, this model expects {sorted(own)}")
