@@ -9,6 +9,7 @@ the memory, and returns a ``SummaryResult`` that the CLI renders as Markdown or 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -255,7 +256,7 @@ class Summarizer:
         )
         seconds["generate"] = time.perf_counter() - t0
         return {
-            "summary": tok.decode(out, skip_special=True).strip(),
+            "summary": trim_to_sentence(tok.decode(out, skip_special=True)),
             "tokens": len(ids),
             "segments": math.ceil(len(ids) / seg),
             "model": loaded.name,
@@ -283,7 +284,7 @@ class Summarizer:
         )
         seconds["generate"] = time.perf_counter() - t0
         return {
-            "summary": summary,
+            "summary": trim_to_sentence(summary) if loaded else summary,
             "tokens": 0,
             "segments": 0,
             "model": loaded.name if loaded else None,
@@ -291,6 +292,19 @@ class Summarizer:
             "device": str(loaded.device) if loaded else None,
             "generation": asdict(self.cfg.generation) if loaded else {},
         }
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Drop a last sentence that the token budget cut off mid-way (when at least half the text is
+    kept); a text that ends a sentence, or has no sentence end at all, is only stripped."""
+    text = text.strip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] < len(text) and ends[-1] >= len(text) // 2:
+        return text[: ends[-1]]
+    return text
 
 
 def max_new_tokens(words: int) -> int:

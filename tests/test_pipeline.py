@@ -140,3 +140,16 @@ def test_extractive_strategy_needs_no_model(tmp_path: Path) -> None:
     assert result.summary == "The keeper counted ships"
     assert result.model is None and result.tokens == 0 and result.rouge.rouge1.recall == 1.0
     assert set(result.to_dict()["rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "overall"}
+
+
+def test_a_summary_cut_off_by_the_budget_ends_at_its_last_full_sentence() -> None:
+    from infsum.pipeline import trim_to_sentence
+
+    assert trim_to_sentence(" Adam meets Eve. They talk in the garden. The priest said that he ") == (
+        "Adam meets Eve. They talk in the garden."
+    )
+    assert trim_to_sentence('He asks "Why?" She said nothing.') == 'He asks "Why?" She said nothing.'
+    assert trim_to_sentence('"Run," he said. "Now!" And then the') == '"Run," he said. "Now!"'
+    assert trim_to_sentence("One long clause with no end") == "One long clause with no end"
+    # never cut away more than half of the text
+    assert trim_to_sentence("Short. " + "a very long unfinished sentence " * 5).startswith("Short. a very")
