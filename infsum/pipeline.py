@@ -209,10 +209,14 @@ class Summarizer:
         """The loaded model converted to Infini-attention, with its adapter loaded."""
         if self._infini is None:
             from .engine import convert, load_adapter
+            from .engine.lora import remove_lora
 
             loaded = self.loaded(report)
             adapter = self.adapter_path(loaded)
             model = convert(loaded.model, self.cfg.memory)
+            # LoRA wraps the shared HF model's projections in place: an adapter loaded by an earlier
+            # Summarizer on this model must not leak into this one
+            remove_lora(model)
             if adapter is not None:
                 load_adapter(model, adapter)
             self._infini = (model, adapter)

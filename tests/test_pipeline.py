@@ -153,3 +153,20 @@ def test_a_summary_cut_off_by_the_budget_ends_at_its_last_full_sentence() -> Non
     assert trim_to_sentence("One long clause with no end") == "One long clause with no end"
     # never cut away more than half of the text
     assert trim_to_sentence("Short. " + "a very long unfinished sentence " * 5).startswith("Short. a very")
+
+
+def test_an_adapter_does_not_leak_into_a_later_run_without_it(tiny_model_dir, tmp_path) -> None:
+    """LoRA from one Summarizer's adapter is removed before another Summarizer on the same loaded
+    model runs without an adapter (the evaluation harness compares the two on one model)."""
+    from infsum.engine.lora import LoRALinear, add_lora, remove_lora
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    trained = convert(loaded.model, MemoryConfig())
+    add_lora(trained, rank=2)
+    save_adapter(trained, tmp_path / "a.safetensors", {"lora": {"rank": 2, "alpha": 4}})
+    remove_lora(trained)
+    with_adapter = Summarizer(SummarizeConfig(adapter=str(tmp_path / "a.safetensors")), model=loaded)
+    with_adapter.infini(lambda step: None)
+    assert any(isinstance(m, LoRALinear) for m in loaded.model.modules())
+    Summarizer(SummarizeConfig(adapter=None), model=loaded).infini(lambda step: None)
+    assert not any(isinstance(m, LoRALinear) for m in loaded.model.modules())
