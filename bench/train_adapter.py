@@ -51,15 +51,24 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
         t0 = time.time()
         base = load_model(base_dir, device="cpu").model
         untrained = InfiniModel(base, MemoryConfig(segment_len=args.eval_segment))  # default gate init
-        kw = dict(tokenizer=tok, lengths=tuple(args.eval_lengths), depths=(0.0, 0.25, 0.5, 0.75, 1.0),
-                  trials=args.eval_trials, segment_len=args.eval_segment, seed=1234)
+        kw = dict(
+            tokenizer=tok,
+            lengths=tuple(args.eval_lengths),
+            depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+            trials=args.eval_trials,
+            segment_len=args.eval_segment,
+            seed=1234,
+        )
         out: dict = {"passkey": {}, "perplexity": {}}
         runs = (("adapter", model, True), ("untrained", untrained, True), ("memory_off", model, False))
         for name, m, mem in runs:
             rep = run_passkey(m, memory=mem, **kw)
-            out["passkey"][name] = {"table": rep.to_dict()["table"], "mean": rep.mean(),
-                                    "mean_earlier_segments": rep.mean(earlier_only=True),
-                                    "answers": [[r.key, r.answer] for r in rep.results]}
+            out["passkey"][name] = {
+                "table": rep.to_dict()["table"],
+                "mean": rep.mean(),
+                "mean_earlier_segments": rep.mean(earlier_only=True),
+                "answers": [[r.key, r.answer] for r in rep.results],
+            }
             print(f"passkey {name}: {rep.rows()}", flush=True)
         held = tok.encode(" ".join(read_text(SHARED / "corpus" / HELD_OUT).split()))
         ids = held[20000 : 20000 + args.ppl_tokens]  # a slice from the book's middle
@@ -69,8 +78,13 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
             out["perplexity"][str(seg)] = row
             print(f"perplexity at segment {seg}: {row}", flush=True)
         out["perplexity_text"] = f"{HELD_OUT}, tokens 20000..{20000 + args.ppl_tokens}"
-        out["passkey_settings"] = {"lengths": args.eval_lengths, "segment_len": args.eval_segment,
-                                   "trials_per_cell": args.eval_trials, "filler": "builtin", "seed": 1234}
+        out["passkey_settings"] = {
+            "lengths": args.eval_lengths,
+            "segment_len": args.eval_segment,
+            "trials_per_cell": args.eval_trials,
+            "filler": "builtin",
+            "seed": 1234,
+        }
         out["eval_seconds"] = round(time.time() - t0, 1)
         return out
 
@@ -120,20 +134,37 @@ def main() -> None:
         return
     lo, hi = (int(x) for x in args.segments.split("-"))
     cfg = TrainConfig(
-        out=args.out, model=args.model, device="cpu", steps=args.steps, batch_size=args.batch_size,
-        segment_len=args.segment_len, segments=(lo, hi), lr=args.lr, gate_lr=args.gate_lr,
-        gate_init=args.gate_init, lora_rank=args.rank, mix=tuple(float(x) for x in args.mix.split(",")),
-        corpus=(SHARED / "corpus",), exclude=(HELD_OUT,), summaries=(SHARED / "squality" / "train.jsonl",),
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=10, resume=args.resume,
-        max_seconds=args.max_minutes * 60, warmup=5,
+        out=args.out,
+        model=args.model,
+        device="cpu",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        segment_len=args.segment_len,
+        segments=(lo, hi),
+        lr=args.lr,
+        gate_lr=args.gate_lr,
+        gate_init=args.gate_init,
+        lora_rank=args.rank,
+        mix=tuple(float(x) for x in args.mix.split(",")),
+        corpus=(SHARED / "corpus",),
+        exclude=(HELD_OUT,),
+        summaries=(SHARED / "squality" / "train.jsonl",),
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=10,
+        resume=args.resume,
+        max_seconds=args.max_minutes * 60,
+        warmup=5,
     )
     loaded = load_model(args.model, device="cpu", dtype=torch.float32)
     if args.default_name:  # a local copy of the default model: name it as such in the card
         loaded = replace(loaded, name=DEFAULT_MODEL, is_default=True)
 
     def show(s: TrainProgress) -> None:
-        print(f"step {s.step}/{s.steps} loss {s.loss:.3f} {s.tokens_per_s:.0f} tok/s "
-              f"eta {s.eta_s / 60:.1f} min gate_max {s.gate_max:.3f}", flush=True)
+        print(
+            f"step {s.step}/{s.steps} loss {s.loss:.3f} {s.tokens_per_s:.0f} tok/s "
+            f"eta {s.eta_s / 60:.1f} min gate_max {s.gate_max:.3f}",
+            flush=True,
+        )
 
     result = train(cfg, progress=show, loaded=loaded, evaluate=make_evaluate(args, str(loaded.path)))
     print(json.dumps({k: v for k, v in result.card.items() if k != "settings"}, indent=1)[:4000])

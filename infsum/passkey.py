@@ -37,14 +37,28 @@ ANSWER_SLACK = 4  # tokens kept free after the key's digits: the model's next to
 
 # the paper's filler is five sentences repeated; varied sentences in random order read less like a loop
 BUILTIN_FILLER = (
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-    "There and back again.", "The river runs slowly past the old mill.", "A dog barks somewhere far away.",
-    "The market opens early on Saturdays.", "Rain taps softly on the window.", "The train was late again.",
-    "Bread is baked in the morning.", "The children play in the park after school.",
-    "A cold wind comes down from the hills.", "The library closes at six.", "Leaves turn red in autumn.",
-    "The road winds between the fields.", "Someone left a lamp burning in the hall.",
-    "The clock in the square strikes noon.", "Boats rock gently in the harbour.",
-    "The tea has gone cold.", "Snow covers the roofs of the village.", "A letter arrived this morning.",
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+    "The river runs slowly past the old mill.",
+    "A dog barks somewhere far away.",
+    "The market opens early on Saturdays.",
+    "Rain taps softly on the window.",
+    "The train was late again.",
+    "Bread is baked in the morning.",
+    "The children play in the park after school.",
+    "A cold wind comes down from the hills.",
+    "The library closes at six.",
+    "Leaves turn red in autumn.",
+    "The road winds between the fields.",
+    "Someone left a lamp burning in the hall.",
+    "The clock in the square strikes noon.",
+    "Boats rock gently in the harbour.",
+    "The tea has gone cold.",
+    "Snow covers the roofs of the village.",
+    "A letter arrived this morning.",
 )
 
 
@@ -108,8 +122,14 @@ def random_key(rng: random.Random) -> str:
 
 
 def make_sample(
-    tokenizer: Tokenizer, *, length: int, depth: float, rng: random.Random, filler: FillerSource,
-    key: str | None = None, key_end: int | None = None,
+    tokenizer: Tokenizer,
+    *,
+    length: int,
+    depth: float,
+    rng: random.Random,
+    filler: FillerSource,
+    key: str | None = None,
+    key_end: int | None = None,
 ) -> PasskeySample:
     """A sample of ``length`` tokens (prompt + answer + slack) with the key at ``depth`` (0 = start of
     the filler, 1 = just before the question). With ``key_end`` the key sentence ends at or before
@@ -126,8 +146,9 @@ def make_sample(
     answer = tokenizer.encode(" " + key)
     n_fill = length - len(head) - len(key_ids) - len(tail) - len(answer) - ANSWER_SLACK
     if n_fill < 0:
-        raise ConfigError(f"passkey length {length} is too short for the prompt: use at least "
-                          f"{length - n_fill} tokens")
+        raise ConfigError(
+            f"passkey length {length} is too short for the prompt: use at least {length - n_fill} tokens"
+        )
     fill = filler.take(n_fill, rng)
     room = n_fill if key_end is None else min(n_fill, max(0, key_end - len(head) - len(key_ids)))
     at = round(depth * room)
@@ -177,15 +198,20 @@ class PasskeyReport:
 
     def mean(self, *, earlier_only: bool = False) -> float:
         """Mean accuracy over all trials; ``earlier_only`` keeps keys that lie before the last segment."""
-        keep = [r.correct for r in self.results
-                if not earlier_only or r.key_pos < (r.length - 1) // self.segment_len * self.segment_len]
+        keep = [
+            r.correct
+            for r in self.results
+            if not earlier_only or r.key_pos < (r.length - 1) // self.segment_len * self.segment_len
+        ]
         return sum(keep) / len(keep) if keep else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict: settings, the length x depth table and every trial."""
         d = asdict(self)
-        d["table"] = {str(n): {str(dep): acc for dep, acc in zip(self.depths, accs, strict=True)}
-                      for n, accs in self.rows()}
+        d["table"] = {
+            str(n): {str(dep): acc for dep, acc in zip(self.depths, accs, strict=True)}
+            for n, accs in self.rows()
+        }
         d["mean"] = self.mean()
         d["mean_earlier_segments"] = self.mean(earlier_only=True)
         return d
@@ -242,12 +268,16 @@ def run_passkey(
                 rng = random.Random(f"{seed}/{length}/{depth}/{t}")
                 sample = make_sample(tokenizer, length=length, depth=depth, rng=rng, filler=source)
                 answer = _answer(reader, sample, tokenizer)
-                results.append(PasskeyTrial(length, depth, sample.key, sample.key_pos, answer,
-                                            check_answer(answer, sample.key)))
+                results.append(
+                    PasskeyTrial(
+                        length, depth, sample.key, sample.key_pos, answer, check_answer(answer, sample.key)
+                    )
+                )
                 if progress is not None:
                     progress(len(results), total)
-    return PasskeyReport(tuple(lengths), tuple(depths), trials, segment_len, memory, seed, source.name,
-                         tuple(results))
+    return PasskeyReport(
+        tuple(lengths), tuple(depths), trials, segment_len, memory, seed, source.name, tuple(results)
+    )
 
 
 def _answer(reader: InfiniReader, sample: PasskeySample, tokenizer: Tokenizer) -> str:
@@ -258,7 +288,8 @@ def _answer(reader: InfiniReader, sample: PasskeySample, tokenizer: Tokenizer) -
         # without memory only the local (last) segment can reach the answer: skip the earlier ones,
         # the output is identical and a 64K sample takes seconds instead of minutes
         ids = ids[-seg:]  # the local segment is at most the last seg tokens
-    gen = GenerationConfig(max_new_tokens=len(sample.answer_ids) + 2, temperature=0.0,
-                           repetition_penalty=1.0, no_repeat_ngram=0)
+    gen = GenerationConfig(
+        max_new_tokens=len(sample.answer_ids) + 2, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=0
+    )
     out = reader.generate(None, ids, gen, stop_ids=tokenizer.eos_ids)
     return tokenizer.decode(out)

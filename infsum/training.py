@@ -126,8 +126,9 @@ class DataMixture:
         if not self.pairs:
             sm = 0.0
         if lm + pk + sm <= 0:
-            raise ConfigError("the training mix is empty: give --corpus books, --summaries pairs "
-                              "or a passkey share")
+            raise ConfigError(
+                "the training mix is empty: give --corpus books, --summaries pairs or a passkey share"
+            )
         self.weights = (lm, pk, sm)
         self.filler = FillerSource.builtin(tokenizer)
         closing = tokenizer.encode_chat_scaffold(tokenizer.chat_parts()[1])[:1]  # "<|im_end|>" ends a turn
@@ -207,8 +208,10 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
             else:
                 pairs += [(rec["document"], r["response_text"]) for r in rec["questions"][0]["responses"]]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise EmptyDocumentError(f"summary pairs {path} could not be read ({e}): give jsonl with "
-                                 "document and summary fields, or SQuALITY records") from e
+        raise EmptyDocumentError(
+            f"summary pairs {path} could not be read ({e}): give jsonl with "
+            "document and summary fields, or SQuALITY records"
+        ) from e
     if not pairs:
         raise EmptyDocumentError(f"summary pairs {path} holds no records: give a non-empty jsonl file")
     return pairs
@@ -256,20 +259,23 @@ def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
         g["lr"] = g["base_lr"] * f
 
 
-def _segment_loss(model: InfiniModel, ids: Tensor, targets: Tensor, state: MemoryState | None
-                  ) -> tuple[Tensor, MemoryState | None]:
+def _segment_loss(
+    model: InfiniModel, ids: Tensor, targets: Tensor, state: MemoryState | None
+) -> tuple[Tensor, MemoryState | None]:
     """Summed cross-entropy of one segment (b, n) against its next-token targets -> (loss, state)."""
     if not bool((targets != IGNORE).any()):  # nothing scored here (filler): skip the LM head
         _, state = model(ids, state, logits="none")
         return ids.new_zeros((), dtype=torch.float32), state
     logits, state = model(ids, state)  # (b, n, V)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, state
 
 
-def sequence_loss(model: InfiniModel, ids: Tensor, labels: Tensor, *, checkpointing: bool = True
-                  ) -> tuple[Tensor, Tensor]:
+def sequence_loss(
+    model: InfiniModel, ids: Tensor, labels: Tensor, *, checkpointing: bool = True
+) -> tuple[Tensor, Tensor]:
     """(summed loss, scored tokens) of (b, T) ``ids`` read segment by segment, back-propagating
     through the memory across segments; ``labels`` (b, T) holds IGNORE where a token is unscored."""
     seg = model.cfg.segment_len
@@ -338,8 +344,16 @@ class _Processes:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model: InfiniModel, opt: torch.optim.Optimizer, *, step: int,
-                    tokens_seen: int, losses: Sequence[float], cfg: TrainConfig) -> None:
+def save_checkpoint(
+    path: Path,
+    model: InfiniModel,
+    opt: torch.optim.Optimizer,
+    *,
+    step: int,
+    tokens_seen: int,
+    losses: Sequence[float],
+    cfg: TrainConfig,
+) -> None:
     """Write trainable weights and AdamW moments (safetensors) and the step count (JSON) into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -356,20 +370,24 @@ def save_checkpoint(path: Path, model: InfiniModel, opt: torch.optim.Optimizer, 
     (path / "trainer.tmp").replace(path / "trainer.json")
 
 
-def load_checkpoint(path: Path, model: InfiniModel, opt: torch.optim.Optimizer, cfg: TrainConfig
-                    ) -> tuple[int, int, list[float]]:
+def load_checkpoint(
+    path: Path, model: InfiniModel, opt: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[int, int, list[float]]:
     """Restore what ``save_checkpoint`` wrote -> (step, tokens seen, losses); never unpickles."""
     try:
         meta = json.loads((path / "trainer.json").read_text())
         weights = load_file(str(path / "weights.safetensors"))
         moments = load_file(str(path / "optimizer.safetensors"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"training checkpoint {path} is missing or damaged ({e}): "
-                              "start without --resume") from e
+        raise CheckpointError(
+            f"training checkpoint {path} is missing or damaged ({e}): start without --resume"
+        ) from e
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(named):
-        raise CheckpointError(f"training checkpoint {path} holds other parameters than this run trains "
-                              "(LoRA rank, targets or full fine-tuning differ): use the same settings")
+        raise CheckpointError(
+            f"training checkpoint {path} holds other parameters than this run trains "
+            "(LoRA rank, targets or full fine-tuning differ): use the same settings"
+        )
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(weights[n].to(p.dtype))
@@ -406,8 +424,13 @@ class _Run:
         return time.perf_counter() - self.t0
 
 
-def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None,
-          loaded: Any | None = None, evaluate: Evaluate | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+    loaded: Any | None = None,
+    evaluate: Evaluate | None = None,
+) -> TrainResult:
     """Train the Infini parameters of ``cfg.model`` (or of an already ``loaded`` model) and write the
     adapter ``cfg.out`` (+ ``.json`` card). ``evaluate(model, tokenizer)``, if given, runs after
     training on the main process and its dict goes into the card's ``eval``."""
@@ -433,12 +456,22 @@ def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None 
         if progress is not None and procs.main:
             eta = run.elapsed / (run.step - start) * (cfg.steps - run.step)
             gate_max = float(torch.sigmoid(model.gates.detach()).max())
-            progress(TrainProgress(run.step, cfg.steps, run.losses[-1], run.tokens_run / run.elapsed, eta,
-                                   gate_max))
+            progress(
+                TrainProgress(
+                    run.step, cfg.steps, run.losses[-1], run.tokens_run / run.elapsed, eta, gate_max
+                )
+            )
         due = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps or timed_out
         if cfg.checkpoint_dir and procs.main and due:
-            save_checkpoint(cfg.checkpoint_dir, model, opt, step=run.step, tokens_seen=run.tokens_seen,
-                            losses=run.losses, cfg=cfg)
+            save_checkpoint(
+                cfg.checkpoint_dir,
+                model,
+                opt,
+                step=run.step,
+                tokens_seen=run.tokens_seen,
+                losses=run.losses,
+                cfg=cfg,
+            )
         if timed_out:
             break
     seconds = run.elapsed
@@ -446,17 +479,33 @@ def train(cfg: TrainConfig, *, progress: Callable[[TrainProgress], None] | None 
     card: dict[str, Any] = {}
     if procs.main:
         evaluation = evaluate(model, loaded.tokenizer) if evaluate is not None else {}
-        card = make_card(cfg, loaded, model, step=run.step, tokens_seen=run.tokens_seen, seconds=seconds,
-                         tokens_per_s=run.tokens_run / seconds, losses=run.losses, evaluation=evaluation,
-                         world=procs.world)
+        card = make_card(
+            cfg,
+            loaded,
+            model,
+            step=run.step,
+            tokens_seen=run.tokens_seen,
+            seconds=seconds,
+            tokens_per_s=run.tokens_run / seconds,
+            losses=run.losses,
+            evaluation=evaluation,
+            world=procs.world,
+        )
         write_adapter(model, cfg.out, card)
     procs.barrier()
-    return TrainResult(cfg.out, run.step, run.tokens_seen, seconds, run.tokens_run / seconds,
-                       tuple(run.losses), card)
+    return TrainResult(
+        cfg.out, run.step, run.tokens_seen, seconds, run.tokens_run / seconds, tuple(run.losses), card
+    )
 
 
-def _train_step(model: InfiniModel, opt: torch.optim.Optimizer, data: DataMixture, cfg: TrainConfig,
-                procs: _Processes, run: _Run) -> None:
+def _train_step(
+    model: InfiniModel,
+    opt: torch.optim.Optimizer,
+    data: DataMixture,
+    cfg: TrainConfig,
+    procs: _Processes,
+    run: _Run,
+) -> None:
     """Draw this step's batch, back-propagate through its segments, average gradients, update."""
     device = model.gates.device
     rng = random.Random(f"{cfg.seed}/{run.step}/{procs.rank}")  # resuming redraws the same samples
@@ -484,17 +533,29 @@ def _check(cfg: TrainConfig) -> None:
     """Raise ConfigError for settings that cannot train."""
     lo, hi = cfg.segments
     if cfg.segment_len < 16 or lo < 2 or hi < lo:
-        raise ConfigError(f"segments {cfg.segments} of {cfg.segment_len} tokens cannot train the memory: use "
-                          "at least 2 segments per sample (e.g. --segments 2-4) of 16+ tokens")
+        raise ConfigError(
+            f"segments {cfg.segments} of {cfg.segment_len} tokens cannot train the memory: use "
+            "at least 2 segments per sample (e.g. --segments 2-4) of 16+ tokens"
+        )
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lora_rank < 0:
         raise ConfigError("steps and batch size must be positive and the LoRA rank not negative")
     if len(cfg.mix) != 3 or min(cfg.mix) < 0:
         raise ConfigError(f"mix {cfg.mix} must be three non-negative shares: lm,passkey,summary")
 
 
-def make_card(cfg: TrainConfig, loaded: Any, model: InfiniModel, *, step: int, tokens_seen: int,
-              seconds: float, tokens_per_s: float, losses: Sequence[float], evaluation: dict[str, Any],
-              world: int) -> dict[str, Any]:
+def make_card(
+    cfg: TrainConfig,
+    loaded: Any,
+    model: InfiniModel,
+    *,
+    step: int,
+    tokens_seen: int,
+    seconds: float,
+    tokens_per_s: float,
+    losses: Sequence[float],
+    evaluation: dict[str, Any],
+    world: int,
+) -> dict[str, Any]:
     """The adapter's JSON card: base model, data, steps, tokens, settings, evaluation, hardware."""
     device = next(model.parameters()).device
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -505,20 +566,31 @@ def make_card(cfg: TrainConfig, loaded: Any, model: InfiniModel, *, step: int, t
         "memory": {"segment_len": cfg.segment_len, "update": cfg.update, "gate_init": cfg.gate_init},
         "lora": lora_settings(model.hf),
         "full_finetune": cfg.full_finetune,
-        "data": {"corpus": [p.name for p in corpus_files(cfg.corpus, cfg.exclude)],
-                 "excluded": list(cfg.exclude), "summaries": [str(p) for p in cfg.summaries],
-                 "mix": {"lm": cfg.mix[0], "passkey": cfg.mix[1], "summary": cfg.mix[2]}},
+        "data": {
+            "corpus": [p.name for p in corpus_files(cfg.corpus, cfg.exclude)],
+            "excluded": list(cfg.exclude),
+            "summaries": [str(p) for p in cfg.summaries],
+            "mix": {"lm": cfg.mix[0], "passkey": cfg.mix[1], "summary": cfg.mix[2]},
+        },
         "steps": step,
         "tokens_seen": tokens_seen,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens_per_s, 1),
         "loss": {"first": losses[0] if losses else None, "last10_mean": _tail_mean(losses, 10)},
-        "gates": {"max": float(gates.max()), "mean": float(gates.mean()),
-                  "heads_above_0.5": int((gates > 0.5).sum())},
+        "gates": {
+            "max": float(gates.max()),
+            "mean": float(gates.mean()),
+            "heads_above_0.5": int((gates > 0.5).sum()),
+        },
         "settings": _jsonable(cfg),
         "eval": evaluation,
-        "hardware": {"device": device.type, "name": hardware, "processes": world,
-                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "hardware": {
+            "device": device.type,
+            "name": hardware,
+            "processes": world,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
 
 

@@ -65,8 +65,16 @@ def test_sample_too_short_names_the_minimum(tok) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ok"),
-    [("12345", True), (" 12345.", True), ("12345 is the key", True), ("123456", False),
-     ("1234", False), ("the key is 12345", False), ("", False), (" 12346", False)],
+    [
+        ("12345", True),
+        (" 12345.", True),
+        ("12345 is the key", True),
+        ("123456", False),
+        ("1234", False),
+        ("the key is 12345", False),
+        ("", False),
+        (" 12346", False),
+    ],
 )
 def test_answer_check_is_exact(text: str, ok: bool) -> None:
     assert check_answer(text, "12345") is ok

@@ -37,8 +37,18 @@ def _hf(tiny_model_dir: Path):
 
 
 def _cfg(tmp_path: Path, tiny_model_dir: Path, **kw) -> TrainConfig:
-    base = dict(out=tmp_path / "a.safetensors", model=str(tiny_model_dir), device="cpu", steps=3,
-                batch_size=2, segment_len=SEG, segments=(2, 3), mix=(0.0, 1.0, 0.0), warmup=1, lr=1e-2)
+    base = dict(
+        out=tmp_path / "a.safetensors",
+        model=str(tiny_model_dir),
+        device="cpu",
+        steps=3,
+        batch_size=2,
+        segment_len=SEG,
+        segments=(2, 3),
+        mix=(0.0, 1.0, 0.0),
+        warmup=1,
+        lr=1e-2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -205,10 +215,14 @@ def test_summary_pairs_score_only_the_summary(tiny_model_dir: Path, tmp_path: Pa
     pairs = tmp_path / "pairs.jsonl"
     responses = [{"response_text": "Plot one."}, {"response_text": "Plot two."}]
     squality = {"document": "A long story. " * 200, "questions": [{"responses": responses}]}
-    pairs.write_text(json.dumps({"document": "Short story.", "summary": "It ends."}) + "\n"
-                     + json.dumps(squality) + "\n")
-    assert read_pairs(pairs) == [("Short story.", "It ends."), (squality["document"], "Plot one."),
-                                 (squality["document"], "Plot two.")]
+    pairs.write_text(
+        json.dumps({"document": "Short story.", "summary": "It ends."}) + "\n" + json.dumps(squality) + "\n"
+    )
+    assert read_pairs(pairs) == [
+        ("Short story.", "It ends."),
+        (squality["document"], "Plot one."),
+        (squality["document"], "Plot two."),
+    ]
     tok = load_tokenizer(tiny_model_dir)
     data = DataMixture(tok, _cfg(tmp_path, tiny_model_dir, mix=(0.0, 0.0, 1.0), summaries=(pairs,)))
     for seed in range(4):
@@ -244,8 +258,22 @@ def test_two_processes_train_data_parallel(tiny_model_dir: Path, tmp_path: Path)
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "a.safetensors"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tiny_model_dir), str(out)]
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(tiny_model_dir),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(out.with_suffix(".json").read_text())
