@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infsum.config import MemoryConfig
+from infsum.config import MemoryConfig, TrainConfig
 from infsum.engine.lora import add_lora_from_state
 from infsum.engine.patch import InfiniModel, load_adapter
 from infsum.models import DEFAULT_MODEL, load_model
 from infsum.passkey import read_text, run_passkey, with_memory_config
 from infsum.tokenizer import Tokenizer
-from infsum.training import TrainConfig, TrainProgress, sequence_loss, train, write_adapter
+from infsum.training import TrainProgress, sequence_loss, train, write_adapter
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HELD_OUT = "the-prisoner-of-zenda.txt.gz"  # never trained on: the perplexity check reads it

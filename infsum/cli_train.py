@@ -142,7 +142,8 @@ def train_command(
     """Train the memory gates and LoRA of a model; run under `accelerate launch` for several GPUs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .training import TrainConfig, train
+    from .config import TrainConfig
+    from .training import train
 
     lo, _, hi = segments.partition("-")
     if not (lo.isdigit() and hi.isdigit()):

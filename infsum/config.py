@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 UpdateRule = Literal["delta", "linear"]
@@ -42,3 +43,37 @@ class SummarizeConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``train`` needs; defaults follow the H200 probe's run 2 (LoRA instead of all weights)."""
+
+    out: Path = Path("adapter.safetensors")
+    model: str | None = None  # None = the default model
+    device: str = "auto"
+    steps: int = 400
+    batch_size: int = 8  # samples per step per process
+    segment_len: int = 512
+    segments: tuple[int, int] = (2, 4)  # segments per sample, drawn uniformly per step
+    lr: float = 3e-4  # LoRA (or every weight with full_finetune)
+    gate_lr: float = 5e-2  # the gates learn ~100x faster than the body or they never leave their init
+    weight_decay: float = 0.0  # body only: gates never decay
+    gate_init: float = -2.0  # sigmoid(-2) = 0.12: memory already mixed in, so it gets gradient at once
+    update: str = "delta"
+    lora_rank: int = 8  # 0 = train gates only (or the body with full_finetune)
+    lora_alpha: float | None = None  # None = 2 * rank
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    full_finetune: bool = False  # train every weight; the output is then a whole model directory
+    mix: tuple[float, float, float] = (0.2, 0.6, 0.2)  # language modelling, passkey, summary pairs
+    corpus: tuple[Path, ...] = ()  # text files or directories of *.txt.gz books (LM and passkey filler)
+    exclude: tuple[str, ...] = ()  # corpus file names held out (e.g. for the perplexity check)
+    summaries: tuple[Path, ...] = ()  # jsonl: {document, summary} or SQuALITY records
+    warmup: int = 10
+    grad_clip: float = 1.0
+    grad_checkpointing: bool = True
+    checkpoint_dir: Path | None = None  # resumable state, written every ``checkpoint_every`` steps
+    checkpoint_every: int = 50
+    resume: bool = False
+    seed: int = 0
+    max_seconds: float | None = None  # stop early (and save) after this much wall time

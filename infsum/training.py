@@ -27,51 +27,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from infsum.config import MemoryConfig
-from infsum.engine.lora import DEFAULT_TARGETS, add_lora, lora_settings
+from infsum.config import MemoryConfig, TrainConfig
+from infsum.engine.lora import add_lora, lora_settings
 from infsum.engine.memory import MemoryState
 from infsum.engine.patch import InfiniModel, save_adapter
-from infsum.errors import CheckpointError, ConfigError, EmptyDocumentError
-from infsum.passkey import FillerSource, make_sample, read_text
-from infsum.pipeline import INSTRUCTION as SUMMARY_INSTRUCTION
+from infsum.errors import CheckpointError, ConfigError
 from infsum.tokenizer import Tokenizer
+from infsum.training_data import IGNORE, DataMixture, corpus_files
 
-IGNORE = -100  # label of a token that is not scored
 ADAPTER_FORMAT = "infsum-adapter/1"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``train`` needs; defaults follow the H200 probe's run 2 (LoRA instead of all weights)."""
-
-    out: Path = Path("adapter.safetensors")
-    model: str | None = None  # None = the default model
-    device: str = "auto"
-    steps: int = 400
-    batch_size: int = 8  # samples per step per process
-    segment_len: int = 512
-    segments: tuple[int, int] = (2, 4)  # segments per sample, drawn uniformly per step
-    lr: float = 3e-4  # LoRA (or every weight with full_finetune)
-    gate_lr: float = 5e-2  # the gates learn ~100x faster than the body or they never leave their init
-    weight_decay: float = 0.0  # body only: gates never decay
-    gate_init: float = -2.0  # sigmoid(-2) = 0.12: memory already mixed in, so it gets gradient at once
-    update: str = "delta"
-    lora_rank: int = 8  # 0 = train gates only (or the body with full_finetune)
-    lora_alpha: float | None = None  # None = 2 * rank
-    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
-    full_finetune: bool = False  # train every weight; the output is then a whole model directory
-    mix: tuple[float, float, float] = (0.2, 0.6, 0.2)  # language modelling, passkey, summary pairs
-    corpus: tuple[Path, ...] = ()  # text files or directories of *.txt.gz books (LM and passkey filler)
-    exclude: tuple[str, ...] = ()  # corpus file names held out (e.g. for the perplexity check)
-    summaries: tuple[Path, ...] = ()  # jsonl: {document, summary} or SQuALITY records
-    warmup: int = 10
-    grad_clip: float = 1.0
-    grad_checkpointing: bool = True
-    checkpoint_dir: Path | None = None  # resumable state, written every ``checkpoint_every`` steps
-    checkpoint_every: int = 50
-    resume: bool = False
-    seed: int = 0
-    max_seconds: float | None = None  # stop early (and save) after this much wall time
 
 
 @dataclass(frozen=True)
@@ -97,124 +61,6 @@ class TrainResult:
     tokens_per_s: float
     losses: tuple[float, ...]
     card: dict[str, Any] = field(repr=False)
-
-
-# ---- data --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training sample: ``ids`` and ``labels`` (IGNORE where unscored), both ``length`` long."""
-
-    ids: list[int]
-    labels: list[int]
-    kind: str
-
-
-class DataMixture:
-    """Draws language-modelling, passkey and summary examples of a given length, in ``mix`` proportions."""
-
-    def __init__(self, tokenizer: Tokenizer, cfg: TrainConfig) -> None:
-        self.tok = tokenizer
-        self.cfg = cfg
-        self.books = corpus_files(cfg.corpus, cfg.exclude)
-        self._book_ids: dict[Path, list[int]] = {}  # encoded on first use
-        self.pairs = [p for path in cfg.summaries for p in read_pairs(path)]
-        lm, pk, sm = cfg.mix
-        if not self.books:
-            lm = 0.0
-        if not self.pairs:
-            sm = 0.0
-        if lm + pk + sm <= 0:
-            raise ConfigError(
-                "the training mix is empty: give --corpus books, --summaries pairs or a passkey share"
-            )
-        self.weights = (lm, pk, sm)
-        self.filler = FillerSource.builtin(tokenizer)
-        closing = tokenizer.encode_chat_scaffold(tokenizer.chat_parts()[1])[:1]  # "<|im_end|>" ends a turn
-        eos = sorted(tokenizer.eos_ids)[:1]
-        self.end_of_turn = closing if closing and closing[0] in tokenizer.eos_ids else eos
-        self.pad = self.end_of_turn[0] if self.end_of_turn else 0
-
-    def example(self, length: int, rng: random.Random) -> Example:
-        """One example of exactly ``length`` tokens, its kind drawn from the mix."""
-        kind = rng.choices(("lm", "passkey", "summary"), weights=self.weights)[0]
-        return getattr(self, f"_{kind}")(length, rng)
-
-    def _lm(self, length: int, rng: random.Random) -> Example:
-        ids = self._book(rng.choice(self.books))
-        start = rng.randrange(max(1, len(ids) - length))
-        window = ids[start : start + length]
-        return self._pad(window, list(window), "lm", length)
-
-    def _passkey(self, length: int, rng: random.Random) -> Example:
-        # the key anywhere before the last segment; question and answer in the last one
-        end = length - self.cfg.segment_len
-        filler = self.filler
-        if self.books and rng.random() < 0.5:  # half the haystacks are book prose
-            filler = FillerSource([self._book(rng.choice(self.books))], prose=True, name="corpus")
-        s = make_sample(self.tok, length=length, depth=rng.random(), rng=rng, filler=filler, key_end=end)
-        answer = list(s.answer_ids) + self.tok.encode(".")
-        ids = list(s.ids) + answer
-        return self._pad(ids, [IGNORE] * len(s.ids) + answer, "passkey", length)
-
-    def _summary(self, length: int, rng: random.Random) -> Example:
-        document, summary = rng.choice(self.pairs)
-        before, after = self.tok.chat_parts()
-        head = self.tok.encode_chat_scaffold(before)
-        words = max(50, round(len(summary.split()) / 50) * 50)
-        ask = self.tok.encode("\n\n" + SUMMARY_INSTRUCTION.format(words=words))
-        ask += self.tok.encode_chat_scaffold(after)
-        answer = self.tok.encode(summary.strip()) + self.end_of_turn
-        room = length - len(head) - len(ask) - min(len(answer), length // 4)
-        doc = self.tok.encode(document)[: max(0, room)]  # a long story is cut: its beginning is kept
-        ids = (head + doc + ask + answer)[:length]
-        prompt = len(head) + len(doc) + len(ask)
-        return self._pad(ids, [IGNORE] * prompt + ids[prompt:], "summary", length)
-
-    def _pad(self, ids: list[int], labels: list[int], kind: str, length: int) -> Example:
-        n = length - len(ids)  # right padding is never attended to by the scored tokens before it
-        return Example(ids + [self.pad] * n, labels + [IGNORE] * n, kind)
-
-    def _book(self, path: Path) -> list[int]:
-        if path not in self._book_ids:
-            self._book_ids[path] = self.tok.encode(" ".join(read_text(path).split()))
-        return self._book_ids[path]
-
-
-def corpus_files(paths: Sequence[Path], exclude: Sequence[str] = ()) -> list[Path]:
-    """Text files given directly, plus ``*.txt``/``*.txt.gz`` inside given directories, minus ``exclude``."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted([*p.glob("*.txt.gz"), *p.glob("*.txt")])
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise ConfigError(f"corpus path {p} does not exist: pass book files or a directory of them")
-    return [p for p in found if p.name not in set(exclude)]
-
-
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(document, summary) pairs from a jsonl file: ``{document, summary}`` records, or SQuALITY
-    records (``document`` and every ``questions[0].responses[j].response_text``)."""
-    pairs: list[tuple[str, str]] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        for line in filter(str.strip, lines):
-            rec = json.loads(line)
-            if "summary" in rec:
-                pairs.append((rec["document"], rec["summary"]))
-            else:
-                pairs += [(rec["document"], r["response_text"]) for r in rec["questions"][0]["responses"]]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise EmptyDocumentError(
-            f"summary pairs {path} could not be read ({e}): give jsonl with "
-            "document and summary fields, or SQuALITY records"
-        ) from e
-    if not pairs:
-        raise EmptyDocumentError(f"summary pairs {path} holds no records: give a non-empty jsonl file")
-    return pairs
 
 
 # ---- model, optimizer, loss --------------------------------------------------------------------

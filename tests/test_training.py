@@ -11,23 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from infsum.config import MemoryConfig
+from infsum.config import MemoryConfig, TrainConfig
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
 from infsum.engine.patch import InfiniModel, load_adapter
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
 from infsum.tokenizer import load_tokenizer
-from infsum.training import (
-    IGNORE,
-    DataMixture,
-    TrainConfig,
-    build_model,
-    make_optimizer,
-    read_pairs,
-    sequence_loss,
-    train,
-    write_adapter,
-)
+from infsum.training import build_model, make_optimizer, sequence_loss, train, write_adapter
+from infsum.training_data import IGNORE, DataMixture, read_pairs
 
 SEG = 32
 
@@ -236,7 +227,8 @@ DDP_SCRIPT = """
 import sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from infsum.training import TrainConfig, train
+from infsum.config import TrainConfig
+from infsum.training import train
 cfg = TrainConfig(out=Path(sys.argv[2]), model=sys.argv[1], device="cpu", steps=2, batch_size=1,
                   segment_len=64, segments=(2, 2), mix=(0.0, 1.0, 0.0), warmup=1)
 r = train(cfg)
