@@ -203,3 +203,27 @@ def test_adapter_with_lora_loads_into_a_fresh_conversion(tiny_model_dir, tmp_pat
     load_adapter(fresh, tmp_path / "a.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids, None)[0], trained(ids, None)[0])
+
+
+@pytest.mark.parametrize("arch", ["Qwen2", "Mistral"])
+def test_closed_memory_gives_the_hf_logits_for_other_llama_family_models(arch):
+    """Qwen2 (biased q/k/v) and Mistral convert too: with memory off the logits are the model's."""
+    config_cls = getattr(transformers, f"{arch}Config")
+    model_cls = getattr(transformers, f"{arch}ForCausalLM")
+    torch.manual_seed(0)
+    config = config_cls(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=None,
+    )
+    model = model_cls(config).eval()
+    ids = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids).logits
+        got, _ = convert(model, MemoryConfig(segment_len=SEG, enabled=False))(ids, None)
+    assert_close(got, want)
