@@ -114,22 +114,27 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of book text; literal special-token text (``<|im_end|>``) stays plain text."""
         text = _clean(text)
-        if self._encoding is None or (self._missing is not None and self._missing.search(text)):
+        ready = self._for_tiktoken(text)
+        if ready is None:
             return self._hf_encode(text, specials=False)
-        if self._normalizer:
-            text = unicodedata.normalize(self._normalizer, text)
         if not self._plain_specials:
-            return self._encoding.encode_ordinary(text)
-        return self._encoding.encode(text, allowed_special=self._plain_specials, disallowed_special=())
+            return self._encoding.encode_ordinary(ready)
+        return self._encoding.encode(ready, allowed_special=self._plain_specials, disallowed_special=())
 
     def encode_chat_scaffold(self, text: str) -> list[int]:
         """Token ids of chat-template text, where ``<|im_start|>`` and the like become special ids."""
         text = _clean(text)
-        if self._encoding is None or (self._missing is not None and self._missing.search(text)):
+        ready = self._for_tiktoken(text)
+        if ready is None:
             return self._hf_encode(text, specials=True)
-        if self._normalizer:
-            text = unicodedata.normalize(self._normalizer, text)
-        return self._encoding.encode(text, allowed_special="all", disallowed_special=())
+        return self._encoding.encode(ready, allowed_special="all", disallowed_special=())
+
+    def _for_tiktoken(self, text: str) -> str | None:
+        """``text`` normalized for the tiktoken path, or None when the HF tokenizer must take it
+        (no tiktoken encoding, or bytes the vocabulary lacks: tiktoken would panic)."""
+        if self._encoding is None or (self._missing is not None and self._missing.search(text)):
+            return None
+        return unicodedata.normalize(self._normalizer, text) if self._normalizer else text
 
     def decode(self, ids: list[int], *, skip_special: bool = False) -> str:
         """Text of ``ids``; invalid UTF-8 (a split multi-byte character) becomes U+FFFD."""
