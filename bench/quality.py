@@ -4,13 +4,20 @@ Usage (from the repository root):
 
     python -m bench.quality --data squality-dev --strategies lead,textrank --run-dir runs/sq
     python -m bench.quality --data books --strategies truncate-tail --limit 3 --run-dir runs/books
+    python -m bench.quality --data books --strategies infini,hierarchical --device cuda \
+        --dtype float32 --workers 8 --items the-time-machine,siddhartha --run-dir runs/books
 
-Every (strategy, item) result is one JSON file under ``RUN_DIR/items/STRATEGY/ITEM.json``, written
-atomically, so an interrupted run resumes where it stopped (done items are skipped). At the end the
-run directory gets ``results.jsonl`` (every row), ``table.json`` and ``table.md``: per strategy the
-number of items, mean ROUGE-1/2/L/Lsum F1 and Overall (geometric mean of R-1, R-2, R-L per item)
-in percent with a bootstrap 95% interval, mean seconds and mean peak RSS per item. ``--plot`` draws
-Overall by strategy with its interval (needs matplotlib).
+Work goes item by item (every strategy on the first item, then the second...), so an interrupted
+run leaves complete rows. Every (strategy, item) result is one JSON file under
+``RUN_DIR/items/STRATEGY/ITEM.json``, written atomically, so a rerun resumes where it stopped (done
+pairs are skipped). ``--workers N`` runs N processes that each load the model once and take the next
+pending pair (useful on a GPU, which one process of a small model leaves mostly idle). A pair that
+fails is reported and skipped; the exit code is then 1. At the end the run directory gets
+``results.jsonl`` (every row), ``table.json`` and ``table.md``: per strategy the number of items,
+mean ROUGE-1/2/L/Lsum F1 and Overall (geometric mean of R-1, R-2, R-L per item) in percent with a
+bootstrap 95% interval, mean seconds, mean peak RSS and (on CUDA) mean peak GPU memory per item.
+Seconds are wall time per pair, so with several workers they include waiting for the shared device.
+``--plot`` draws Overall by strategy with its interval (needs matplotlib).
 
 Scoring is ``infsum.scoring``: rouge-score with the Porter stemmer, ROUGE-Lsum over one sentence per
 line, the best reference per metric. Summary length defaults to the reference's length in words
@@ -21,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +42,7 @@ import psutil
 
 from infsum.readers import Book, load_book
 from infsum.scoring import METRICS, Rouge, RougeScores, score, summarize_scores
+from infsum.tokenizer import first_line
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {"squality-dev": SHARED_DATA / "squality" / "dev", "books": SHARED_DATA / "books"}
@@ -57,9 +67,10 @@ class Item:
 # ---------------------------------------------------------------- data
 
 
-def load_items(data: str, *, limit: int | None = None) -> list[Item]:
+def load_items(data: str, *, limit: int | None = None, only: Sequence[str] = ()) -> list[Item]:
     """Items of a data set: ``squality-dev``, ``books`` or a directory in either layout:
-    ``NAME.txt`` with ``NAME.ref1.txt``... (SQuALITY) or ``NAME/text.txt`` with ``NAME/summary.txt``."""
+    ``NAME.txt`` with ``NAME.ref1.txt``... (SQuALITY) or ``NAME/text.txt`` with ``NAME/summary.txt``.
+    ``only`` picks items by id, in its order; ``limit`` then keeps the first N."""
     root = DATASETS.get(data, Path(data))
     if not root.is_dir():
         sys.exit(f"{root}: data directory not found; give squality-dev, books or a directory")
@@ -72,6 +83,12 @@ def load_items(data: str, *, limit: int | None = None) -> list[Item]:
             items.append(Item(text.stem, text, refs))
     if not items:
         sys.exit(f"{root}: no items found (NAME.txt + NAME.ref1.txt, or NAME/text.txt + NAME/summary.txt)")
+    if only:
+        by_id = {i.id: i for i in items}
+        missing = [name for name in only if name not in by_id]
+        if missing:
+            sys.exit(f"{root}: no items {missing}; ids are: {', '.join(by_id)}")
+        items = [by_id[name] for name in only]
     return items[:limit] if limit else items
 
 
@@ -113,30 +130,64 @@ class PeakRSS:
         return self.peak / 2**20
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and where: name (None = infsum's default), device, dtype (or ``auto``)."""
+
+    name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
 class Runner:
     """Produces summaries for each strategy; the model is loaded once, on first need."""
 
-    def __init__(self, model: str | None, device: str) -> None:
-        self.model = model
-        self.device = device
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.model = spec.name
+        self.device = spec.device
         self._loaded = None
 
     def loaded(self):
-        """The model (None = infsum's default), loaded on first use."""
+        """The model, loaded on first use."""
         if self._loaded is None:
+            import torch
+
             from infsum.models import load_model
 
-            self._loaded = load_model(self.model, device=self.device)
+            dtype = None if self.spec.dtype == "auto" else getattr(torch, self.spec.dtype)
+            self._loaded = load_model(self.model, device=self.device, dtype=dtype)
         return self._loaded
+
+    def uses_model(self, strategy: str) -> bool:
+        """Whether ``strategy`` runs the model (lead and TextRank do not)."""
+        from infsum.strategies import MODEL_STRATEGIES
+
+        return strategy in (*MODEL_STRATEGIES, *INFINI_VARIANTS)
+
+    def where(self, strategy: str) -> dict:
+        """Where ``strategy`` runs: device (with the GPU's name) and dtype; extractive ones on the CPU."""
+        if not self.uses_model(strategy):
+            return {"device": "cpu", "dtype": None}
+        loaded = self.loaded()
+        device = str(loaded.device)
+        if loaded.device.type == "cuda":
+            import torch
+
+            device += f" ({torch.cuda.get_device_name(loaded.device)})"
+        return {"device": device, "dtype": str(loaded.model.dtype).removeprefix("torch.")}
 
     def summarize(self, strategy: str, book: Book, words: int) -> str:
         """The summary of ``book`` in about ``words`` words with ``strategy``."""
         if strategy in INFINI_VARIANTS:
             return self._infini(strategy, book, words)
         from infsum.config import GenerationConfig
-        from infsum.strategies import MODEL_STRATEGIES, run_strategy
+        from infsum.strategies import run_strategy
 
-        loaded = self.loaded() if strategy in MODEL_STRATEGIES else None
+        loaded = self.loaded() if self.uses_model(strategy) else None
         return run_strategy(strategy, book, words=words, loaded=loaded, gen=GenerationConfig())
 
     def _infini(self, strategy: str, book: Book, words: int) -> str:
@@ -164,9 +215,26 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def run_one(runner: Runner, strategy: str, item: Item, words: int | None) -> dict:
+def _gpu_peak_mb(runner: Runner, strategy: str, reset: bool) -> float | None:
+    """Peak CUDA memory (MiB) allocated by this process since the last reset; None off CUDA."""
+    if not runner.uses_model(strategy):
+        return None
+    import torch
+
+    device = runner.loaded().device
+    if device.type != "cuda":
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def run_one(runner: Runner, strategy: str, item: Item, words: int | None, workers: int = 1) -> dict:
     """Summarize and score one item with one strategy; the row stored in the run directory."""
     target = words or item.ref_words
+    where = runner.where(strategy)  # loads the model before the clock starts
+    _gpu_peak_mb(runner, strategy, reset=True)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         book = load_book(item.path)
@@ -181,9 +249,44 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None) -> dic
         "book_words": book.words,
         "seconds": round(seconds, 3),
         "peak_rss_mb": round(rss.mb, 1),
+        "peak_gpu_mb": _gpu_peak_mb(runner, strategy, reset=False),
+        **where,
+        "workers": workers,
         "scores": scores.to_dict(),
         "summary": summary,
     }
+
+
+def _attempt(
+    runner: Runner, run_dir: Path, strategy: str, item: Item, words: int | None, workers: int
+) -> str:
+    """Run, store and describe one pair; a failure is described, not raised."""
+    try:
+        row = run_one(runner, strategy, item, words, workers)
+    except Exception as e:  # one bad pair must not cost the rest of a long run
+        return f"{strategy:>18} {item.id:<32} FAILED: {type(e).__name__}: {first_line(e)}"
+    write_json_atomic(item_path(run_dir, strategy, item), row)
+    overall = 100 * row["scores"]["overall"]
+    return f"{strategy:>18} {item.id:<32} Overall {overall:5.1f}  {row['seconds']:7.1f} s"
+
+
+def _worker(index: int, spec: ModelSpec, run_dir: Path, words: int | None, workers: int, todo, done) -> None:
+    """Worker ``index``: take (strategy, item) pairs from ``todo`` until None, report each to ``done``,
+    then its index."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    runner = Runner(spec)
+    while (task := todo.get()) is not None:
+        done.put(_attempt(runner, run_dir, *task, words, workers))
+    done.put(index)
+
+
+def tasks(strategies: Sequence[str], items: Sequence[Item]) -> Iterator[tuple[str, Item]]:
+    """(strategy, item) pairs, item by item: every strategy on an item before the next item."""
+    for item in items:
+        for strategy in strategies:
+            yield strategy, item
 
 
 def run(
@@ -192,28 +295,59 @@ def run(
     items: Sequence[Item],
     *,
     words: int | None,
-    runner: Runner,
+    spec: ModelSpec,
+    workers: int = 1,
     compute: bool = True,
     log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Run every (strategy, item) pair not yet stored in ``run_dir`` (none without ``compute``);
-    return all stored rows."""
-    rows = []
-    for strategy in strategies:
-        for item in items:
-            path = item_path(run_dir, strategy, item)
-            if path.is_file():
-                row = json.loads(path.read_text(encoding="utf-8"))
-                log(f"{strategy:>18} {item.id:<32} done before")
-            elif not compute:
+) -> tuple[list[dict], int]:
+    """Run every (strategy, item) pair not yet stored in ``run_dir`` (none without ``compute``) in
+    ``workers`` processes (1: this one); return all stored rows and how many pairs failed."""
+    pending = [t for t in tasks(strategies, items) if not item_path(run_dir, t[0], t[1]).is_file()]
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    if compute and workers <= 1:
+        runner = Runner(spec)
+        for strategy, item in pending:
+            report(_attempt(runner, run_dir, strategy, item, words, 1))
+    elif compute and pending:
+        ctx = mp.get_context("spawn")  # CUDA cannot be shared with forked children
+        todo, done = ctx.Queue(), ctx.Queue()
+        for task in pending:
+            todo.put(task)
+        n = min(workers, len(pending))
+        for _ in range(n):
+            todo.put(None)
+        procs = [
+            ctx.Process(target=_worker, args=(k, spec, run_dir, words, workers, todo, done)) for k in range(n)
+        ]
+        for p in procs:
+            p.start()
+        finished: set[int] = set()
+        while len(finished) < n:
+            try:
+                msg = done.get(timeout=2)
+            except queue.Empty:  # a worker killed from outside (out of memory, a signal) sends nothing
+                for k, p in enumerate(procs):
+                    if k not in finished and p.exitcode not in (None, 0):
+                        finished.add(k)
+                        report(f"worker {k} FAILED: exit code {p.exitcode}; its pair was not stored")
                 continue
+            if isinstance(msg, int):
+                finished.add(msg)
             else:
-                row = run_one(runner, strategy, item, words)
-                write_json_atomic(path, row)
-                overall = 100 * row["scores"]["overall"]
-                log(f"{strategy:>18} {item.id:<32} Overall {overall:5.1f}  {row['seconds']:7.1f} s")
-            rows.append(row)
-    return rows
+                report(msg)
+        for p in procs:
+            p.join()
+    rows = []
+    for strategy, item in tasks(strategies, items):
+        path = item_path(run_dir, strategy, item)
+        if path.is_file():
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+    return rows, sum(" FAILED: " in line for line in lines)
 
 
 # ---------------------------------------------------------------- tables
@@ -226,7 +360,8 @@ def rouge_scores(d: dict) -> RougeScores:
 
 def table(rows: Sequence[dict]) -> list[dict]:
     """Per strategy (in first-seen order): n, mean F1 of each metric and Overall in percent with
-    a bootstrap 95% interval (from 5 items up), mean seconds and mean peak RSS per item."""
+    a bootstrap 95% interval (from 5 items up), mean seconds, peak RSS and peak GPU memory (None
+    off CUDA) per item, and the devices the rows were computed on."""
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == strategy]
@@ -238,6 +373,9 @@ def table(rows: Sequence[dict]) -> list[dict]:
             entry[f"{name}_ci"] = [round(100 * ci[0], 2), round(100 * ci[1], 2)] if ci else None
         entry["seconds"] = round(sum(r["seconds"] for r in mine) / len(mine), 2)
         entry["peak_rss_mb"] = round(sum(r["peak_rss_mb"] for r in mine) / len(mine), 1)
+        gpu = [r["peak_gpu_mb"] for r in mine if r.get("peak_gpu_mb") is not None]
+        entry["peak_gpu_mb"] = round(sum(gpu) / len(gpu), 1) if gpu else None
+        entry["devices"] = sorted({r.get("device") or "unrecorded" for r in mine})
         out.append(entry)
     return out
 
@@ -245,15 +383,18 @@ def table(rows: Sequence[dict]) -> list[dict]:
 def table_markdown(entries: Sequence[dict]) -> str:
     """The table as Markdown (F1 in percent, one decimal)."""
     lines = [
-        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | s/item | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | s/item | peak RSS MiB "
+        "| peak GPU MiB | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         ci = e["overall_ci"]
         overall = f"{e['overall']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+        gpu = "-" if e.get("peak_gpu_mb") is None else f"{e['peak_gpu_mb']:.0f}"
         lines.append(
             f"| {e['strategy']} | {e['n']} | {e['rouge1']:.1f} | {e['rouge2']:.1f} | {e['rougeL']:.1f} "
-            f"| {e['rougeLsum']:.1f} | {overall} | {e['seconds']:.2f} | {e['peak_rss_mb']:.0f} |"
+            f"| {e['rougeLsum']:.1f} | {overall} | {e['seconds']:.2f} | {e['peak_rss_mb']:.0f} | {gpu} "
+            f"| {', '.join(e.get('devices', ['unrecorded']))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -304,10 +445,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="squality-dev", help="squality-dev, books or a directory")
     p.add_argument("--strategies", default="lead,textrank", help="comma-separated strategy names")
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--items", default="", help="comma-separated item ids to run, in this order")
     p.add_argument("--words", default="ref", help="summary length: 'ref' (the reference's) or N")
     p.add_argument("--run-dir", type=Path, required=True, help="resumable output directory")
     p.add_argument("--model", default=None, help="model name, directory or .gguf (default: infsum's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="model dtype (auto: float32, bfloat16 on CUDA)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes running pairs in parallel")
     p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of Overall by strategy here")
     return p.parse_args(argv)
@@ -323,16 +469,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         sys.exit(f"unknown strategies {unknown}; use: {', '.join((*STRATEGIES, *INFINI_VARIANTS))}")
     words = None if args.words == "ref" else int(args.words)
-    items = load_items(args.data, limit=args.limit)
-    runner = Runner(args.model, args.device)
-    rows = run(args.run_dir, strategies, items, words=words, runner=runner, compute=not args.report_only)
+    only = [s.strip() for s in args.items.split(",") if s.strip()]
+    items = load_items(args.data, limit=args.limit, only=only)
+    spec = ModelSpec(args.model, args.device, args.dtype)
+    rows, failed = run(
+        args.run_dir,
+        strategies,
+        items,
+        words=words,
+        spec=spec,
+        workers=args.workers,
+        compute=not args.report_only,
+    )
     if not rows:
         sys.exit(f"{args.run_dir}: no results stored for these strategies and items")
     entries = write_outputs(args.run_dir, rows)
     print(table_markdown(entries), end="")
     if args.plot:
         plot(entries, args.plot, f"Overall ROUGE on {args.data}, 95% bootstrap intervals")
-    return 0
+    if failed:
+        print(f"{failed} pair(s) failed; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import sys
@@ -15,12 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quality():
-    """The benchmark script, imported as a module."""
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script as the module ``bench.quality`` (worker processes import it by name)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("bench.quality")
 
 
 def fake_row(strategy: str, item: str, r1: float, r2: float, rl: float) -> dict:
@@ -90,3 +88,45 @@ def test_run_directory_resumes_without_redoing_work(quality, tmp_path: Path) -> 
     files[0].unlink()
     assert quality.main([*argv, "--report-only"]) == 0  # tabulates what is stored, runs nothing
     assert not files[0].exists() and json.loads((run_dir / "table.json").read_text())[0]["n"] == 2
+
+
+def test_items_pick_and_order_and_unknown_ids_exit(quality, tmp_path: Path) -> None:
+    data = str(make_dataset(tmp_path))
+    assert [i.id for i in quality.load_items(data, only=["s2", "b1"])] == ["s2", "b1"]
+    with pytest.raises(SystemExit, match=r"no items \['nope'\]; ids are: b1, s1, s2"):
+        quality.load_items(data, only=["s1", "nope"])
+
+
+def test_tasks_go_item_by_item(quality, tmp_path: Path) -> None:
+    items = quality.load_items(str(make_dataset(tmp_path)), limit=2)
+    got = [(s, i.id) for s, i in quality.tasks(["lead", "textrank"], items)]
+    assert got == [("lead", "b1"), ("textrank", "b1"), ("lead", "s1"), ("textrank", "s1")]
+
+
+def test_workers_store_the_same_rows_as_one_process(quality, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data")
+    base = ["--data", str(data), "--strategies", "lead,textrank"]
+    assert quality.main([*base, "--run-dir", str(tmp_path / "one")]) == 0
+    assert quality.main([*base, "--run-dir", str(tmp_path / "two"), "--workers", "2"]) == 0
+
+    def rows(run: str) -> list[tuple]:
+        lines = (tmp_path / run / "results.jsonl").read_text().splitlines()
+        keys = ("strategy", "item", "summary", "workers", "device")
+        return [tuple(r[k] for k in keys) for r in map(json.loads, lines)]
+
+    one, two = rows("one"), rows("two")
+    assert [r[:3] for r in one] == [r[:3] for r in two] and len(one) == 6
+    assert {r[3] for r in one} == {1} and {r[3] for r in two} == {2} and {r[4] for r in two} == {"cpu"}
+
+
+def test_a_failing_pair_is_reported_and_the_rest_still_run(quality, tmp_path: Path, capsys) -> None:
+    (tmp_path / "data").mkdir()
+    data, run_dir = make_dataset(tmp_path / "data"), tmp_path / "run"
+    (data / "s1.txt").write_bytes(b"")  # an empty book: the reader refuses it
+    argv = ["--data", str(data), "--strategies", "lead", "--run-dir", str(run_dir)]
+    assert quality.main(argv) == 1
+    out = capsys.readouterr()
+    assert "lead s1" in " ".join(out.out.split()) and "FAILED" in out.out
+    assert "1 pair(s) failed" in out.err
+    assert sorted(f.stem for f in (run_dir / "items" / "lead").glob("*.json")) == ["b1", "s2"]
