@@ -24,6 +24,7 @@ class GenerationConfig:
     """Decoding settings for the summary."""
 
     max_new_tokens: int = 700
+    min_new_tokens: int = 0  # end-of-text is not allowed before this many tokens
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 0.95
     repetition_penalty: float = 1.15  # small models loop without it (see docs/baselines)

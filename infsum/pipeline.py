@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 INSTRUCTION = "Summarize the plot of the book above in about {words} words."
 TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
 MAX_NEW_TOKENS = 2048
+MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
 ADAPTERS = Path(__file__).parent / "adapters"
 DEFAULT_ADAPTER = ADAPTERS / "smollm2-135m-instruct.safetensors"
 
@@ -246,7 +247,8 @@ class Summarizer:
         seconds["stream"] = time.perf_counter() - t0
         if state_path is not None:
             save_state(state, state_path)
-        gen = replace(self.cfg.generation, max_new_tokens=max_new_tokens(self.cfg.words))
+        budget = max_new_tokens(self.cfg.words)
+        gen = replace(self.cfg.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
         prompt = tok.encode("\n\n" + INSTRUCTION.format(words=self.cfg.words))
         prompt += tok.encode_chat_scaffold(tok.chat_parts()[1])
         out: list[int] = []
@@ -314,6 +316,12 @@ def trim_to_sentence(text: str) -> str:
 def max_new_tokens(words: int) -> int:
     """Generation budget for a summary of about ``words`` words."""
     return min(math.ceil(words * TOKENS_PER_WORD), MAX_NEW_TOKENS)
+
+
+def min_new_tokens(budget: int) -> int:
+    """The fewest tokens the summary may have, ``MIN_ANSWER_SHARE`` of its ``budget``: small models
+    otherwise answer some books with one sentence and stop."""
+    return math.floor(budget * MIN_ANSWER_SHARE)
 
 
 def book_tokens(tok, book: Book) -> tuple[list[int], list[tuple[int, str]]]:

@@ -69,6 +69,7 @@ def test_summarize_a_book_value(loaded, tiny_model_dir: Path) -> None:
     )
     assert result.model == str(tiny_model_dir) and result.strategy == "infini" and result.adapter is None
     assert result.generation["max_new_tokens"] == max_new_tokens(6) == 10
+    assert result.generation["min_new_tokens"] == 5  # half the budget: no one-sentence answers
     stream = [s for s in steps if s.stage == "stream"]
     assert [s.done for s in stream] == list(range(32, result.tokens // 32 * 32 + 1, 32))
     assert stream[0].detail == "One" and stream[-1].detail == "Two"

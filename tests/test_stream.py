@@ -169,6 +169,15 @@ def test_generation_stops_on_a_stop_id(reader):
     assert stopped == full[: full.index(full[5])]
 
 
+def test_no_stop_before_min_new_tokens(reader):
+    state, prompt = reader.read(_ids(30)), _ids(3, seed=8)
+    full = reader.generate(state, prompt, GREEDY)
+    assert reader.generate(state, prompt, GREEDY, stop_ids={full[0]}) == []
+    held = reader.generate(state, prompt, replace(GREEDY, min_new_tokens=6), stop_ids={full[0]})
+    assert len(held) >= 6 and full[0] not in held[:6]
+    assert full[0] != held[0]  # the stop id was the greedy pick and was passed over
+
+
 def test_sampling_is_reproducible_with_a_seed(reader):
     state, prompt = reader.read(_ids(30)), _ids(3, seed=9)
     gen = GenerationConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=7)

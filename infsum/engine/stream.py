@@ -8,7 +8,7 @@ very same segments and gives bit-identical state and output. The reader streams 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -167,7 +167,7 @@ class InfiniReader:
         sampler = _Sampler(gen, logits.shape[-1], self.device)
         out: list[int] = []
         for _ in range(gen.max_new_tokens):
-            tok = sampler.choose(logits, out)
+            tok = sampler.choose(logits, out, banned=stop if len(out) < gen.min_new_tokens else ())
             if tok in stop:
                 break
             out.append(tok)
@@ -213,8 +213,9 @@ class _Sampler:
             self.rng = torch.Generator(device=device)
             self.rng.manual_seed(gen.seed if gen.seed is not None else torch.seed())
 
-    def choose(self, logits: Tensor, out: list[int]) -> int:
-        """Next token id after the generated ``out`` given the last position's logits (V,)."""
+    def choose(self, logits: Tensor, out: list[int], banned: Collection[int] = ()) -> int:
+        """Next token id after the generated ``out`` given the last position's logits (V,); never one
+        of ``banned``."""
         gen, n = self.gen, self.gen.no_repeat_ngram
         if out:
             self.seen[out[-1]] = True
@@ -225,9 +226,11 @@ class _Sampler:
             p = gen.repetition_penalty
             logits = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
         if n > 0 and len(out) >= n - 1:
-            banned = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
-            if banned:
-                logits[list(banned)] = float("-inf")
+            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
+            if repeats:
+                logits[list(repeats)] = float("-inf")
+        if banned:
+            logits[list(banned)] = float("-inf")
         if self.rng is None:
             return int(logits.argmax())
         probs = torch.softmax(logits / gen.temperature, dim=-1)
