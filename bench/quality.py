@@ -17,7 +17,9 @@ fails is reported and skipped; the exit code is then 1. At the end the run direc
 mean ROUGE-1/2/L/Lsum F1 and Overall (geometric mean of R-1, R-2, R-L per item) in percent with a
 bootstrap 95% interval, mean seconds, mean peak RSS and (on CUDA) mean peak GPU memory per item.
 Seconds are wall time per pair, so with several workers they include waiting for the shared device.
-``--plot`` draws Overall by strategy with its interval (needs matplotlib).
+``--plot`` draws Overall by strategy with its interval (needs matplotlib). ``--versus S`` adds a
+paired comparison with strategy S (``versus.json``): per strategy, over the items both have, the
+mean per-item difference in Overall with a bootstrap interval, and the items won and lost.
 
 Scoring is ``infsum.scoring``: rouge-score with the Porter stemmer, ROUGE-Lsum over one sentence per
 line, the best reference per metric. Summary length defaults to the reference's length in words
@@ -41,7 +43,7 @@ from pathlib import Path
 import psutil
 
 from infsum.readers import Book, load_book
-from infsum.scoring import METRICS, Rouge, RougeScores, score, summarize_scores
+from infsum.scoring import METRICS, Rouge, RougeScores, bootstrap_ci, score, summarize_scores
 from infsum.tokenizer import first_line
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -399,6 +401,46 @@ def table_markdown(entries: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def versus(rows: Sequence[dict], baseline: str) -> list[dict]:
+    """Paired comparison with ``baseline``: per other strategy, over the items both have, the mean
+    per-item difference in Overall (percent points) with a bootstrap 95% interval (from 5 items up)
+    and how many items it wins and loses."""
+    overall = {(r["strategy"], r["item"]): rouge_scores(r["scores"]).overall for r in rows}
+    base = {item: v for (strategy, item), v in overall.items() if strategy == baseline}
+    out = []
+    for strategy in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != baseline):
+        diffs = [
+            100 * (v - base[item]) for (name, item), v in overall.items() if name == strategy and item in base
+        ]
+        if not diffs:
+            continue
+        ci = bootstrap_ci(diffs) if len(diffs) >= 5 else None
+        out.append(
+            {
+                "strategy": strategy,
+                "n": len(diffs),
+                "delta": round(sum(diffs) / len(diffs), 2),
+                "delta_ci": [round(ci[0], 2), round(ci[1], 2)] if ci else None,
+                "wins": sum(d > 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+            }
+        )
+    return out
+
+
+def versus_markdown(entries: Sequence[dict], baseline: str) -> str:
+    """The paired comparison as Markdown."""
+    lines = [
+        f"| strategy | n | Overall minus {baseline} [95% CI] | wins | losses |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        ci = e["delta_ci"]
+        delta = f"{e['delta']:+.1f}" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+        lines.append(f"| {e['strategy']} | {e['n']} | {delta} | {e['wins']} | {e['losses']} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(entries: Sequence[dict], path: Path, title: str) -> None:
     """Bar chart of Overall by strategy with 95% interval error bars, saved as PNG."""
     try:
@@ -456,6 +498,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="processes running pairs in parallel")
     p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of Overall by strategy here")
+    p.add_argument("--versus", default=None, help="also compare every strategy with this one, item by item")
     return p.parse_args(argv)
 
 
@@ -468,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in strategies if s not in (*STRATEGIES, *INFINI_VARIANTS)]
     if unknown:
         sys.exit(f"unknown strategies {unknown}; use: {', '.join((*STRATEGIES, *INFINI_VARIANTS))}")
+    if args.versus and args.versus not in strategies:
+        sys.exit(f"--versus {args.versus}: not among --strategies {args.strategies}")
     words = None if args.words == "ref" else int(args.words)
     only = [s.strip() for s in args.items.split(",") if s.strip()]
     items = load_items(args.data, limit=args.limit, only=only)
@@ -487,6 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table_markdown(entries), end="")
     if args.plot:
         plot(entries, args.plot, f"Overall ROUGE on {args.data}, 95% bootstrap intervals")
+    if args.versus:
+        paired = versus(rows, args.versus)
+        write_json_atomic(args.run_dir / "versus.json", {"baseline": args.versus, "rows": paired})
+        print("\n" + versus_markdown(paired, args.versus), end="")
     if failed:
         print(f"{failed} pair(s) failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0

@@ -130,3 +130,22 @@ def test_a_failing_pair_is_reported_and_the_rest_still_run(quality, tmp_path: Pa
     assert "lead s1" in " ".join(out.out.split()) and "FAILED" in out.out
     assert "1 pair(s) failed" in out.err
     assert sorted(f.stem for f in (run_dir / "items" / "lead").glob("*.json")) == ["b1", "s2"]
+
+
+def test_versus_pairs_items_and_counts_wins(quality) -> None:
+    rows = [fake_row("base", f"i{k}", 0.2, 0.2, 0.2) for k in range(6)]
+    rows += [fake_row("new", f"i{k}", 0.3, 0.3, 0.3) for k in range(5)]  # i5 missing: not paired
+    rows.append(fake_row("new", "i9", 0.9, 0.9, 0.9))  # no baseline row: not paired
+    rows[6] = fake_row("new", "i0", 0.1, 0.1, 0.1)
+    (entry,) = quality.versus(rows, "base")
+    assert (entry["strategy"], entry["n"], entry["wins"], entry["losses"]) == ("new", 5, 4, 1)
+    assert entry["delta"] == pytest.approx((4 * 10 - 10) / 5)
+    lo, hi = entry["delta_ci"]
+    assert lo <= entry["delta"] <= hi
+    assert "| new | 5 | +6.0 [" in quality.versus_markdown([entry], "base")
+
+
+def test_versus_must_name_a_run_strategy(quality, tmp_path: Path) -> None:
+    argv = ["--data", str(make_dataset(tmp_path)), "--strategies", "lead", "--versus", "textrank"]
+    with pytest.raises(SystemExit, match="--versus textrank: not among --strategies lead"):
+        quality.main([*argv, "--run-dir", str(tmp_path / "run")])
