@@ -149,8 +149,6 @@ class Runner:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.model = spec.name
-        self.device = spec.device
         self._loaded = None
 
     def loaded(self):
@@ -161,7 +159,7 @@ class Runner:
             from infsum.models import load_model
 
             dtype = None if self.spec.dtype == "auto" else getattr(torch, self.spec.dtype)
-            self._loaded = load_model(self.model, device=self.device, dtype=dtype)
+            self._loaded = load_model(self.spec.name, device=self.spec.device, dtype=dtype)
         return self._loaded
 
     def uses_model(self, strategy: str) -> bool:
@@ -196,7 +194,7 @@ class Runner:
         from infsum.config import SummarizeConfig
         from infsum.pipeline import summarize
 
-        cfg = SummarizeConfig(model=self.model, device=self.device, words=words)
+        cfg = SummarizeConfig(model=self.spec.name, device=self.spec.device, words=words)
         if strategy == "infini-memory-off":
             cfg = replace(cfg, memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":

@@ -149,3 +149,18 @@ def test_versus_must_name_a_run_strategy(quality, tmp_path: Path) -> None:
     argv = ["--data", str(make_dataset(tmp_path)), "--strategies", "lead", "--versus", "textrank"]
     with pytest.raises(SystemExit, match="--versus textrank: not among --strategies lead"):
         quality.main([*argv, "--run-dir", str(tmp_path / "run")])
+
+
+def test_model_strategies_record_device_and_dtype(quality, tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "data").mkdir()
+    data, run_dir = make_dataset(tmp_path / "data"), tmp_path / "run"
+    argv = ["--data", str(data), "--items", "s1", "--strategies", "infini,truncate-tail,lead"]
+    argv += ["--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "bfloat16", "--words", "5"]
+    assert quality.main([*argv, "--run-dir", str(run_dir)]) == 0
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    got = [(r["strategy"], r["device"], r["dtype"], r["peak_gpu_mb"]) for r in rows]
+    assert got == [
+        ("infini", "cpu", "bfloat16", None),
+        ("truncate-tail", "cpu", "bfloat16", None),
+        ("lead", "cpu", None, None),
+    ]
