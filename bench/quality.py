@@ -215,32 +215,30 @@ def write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _gpu_peak_mb(runner: Runner, strategy: str, reset: bool) -> float | None:
-    """Peak CUDA memory (MiB) allocated by this process since the last reset; None off CUDA."""
+def _cuda_device(runner: Runner, strategy: str):
+    """The CUDA device ``strategy`` runs on, or None (extractive, CPU or MPS)."""
     if not runner.uses_model(strategy):
         return None
-    import torch
-
     device = runner.loaded().device
-    if device.type != "cuda":
-        return None
-    if reset:
-        torch.cuda.reset_peak_memory_stats(device)
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return device if device.type == "cuda" else None
 
 
 def run_one(runner: Runner, strategy: str, item: Item, words: int | None, workers: int = 1) -> dict:
     """Summarize and score one item with one strategy; the row stored in the run directory."""
     target = words or item.ref_words
+    import torch
+
     where = runner.where(strategy)  # loads the model before the clock starts
-    _gpu_peak_mb(runner, strategy, reset=True)
+    cuda = _cuda_device(runner, strategy)
+    if cuda is not None:
+        torch.cuda.reset_peak_memory_stats(cuda)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         book = load_book(item.path)
         summary = runner.summarize(strategy, book, target)
         seconds = time.perf_counter() - t0
     scores = score(summary, item.references)
+    peak_gpu = None if cuda is None else round(torch.cuda.max_memory_allocated(cuda) / 2**20, 1)
     return {
         "strategy": strategy,
         "item": item.id,
@@ -249,7 +247,7 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
         "book_words": book.words,
         "seconds": round(seconds, 3),
         "peak_rss_mb": round(rss.mb, 1),
-        "peak_gpu_mb": _gpu_peak_mb(runner, strategy, reset=False),
+        "peak_gpu_mb": peak_gpu,
         **where,
         "workers": workers,
         "scores": scores.to_dict(),
@@ -259,20 +257,20 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
 
 def _attempt(
     runner: Runner, run_dir: Path, strategy: str, item: Item, words: int | None, workers: int
-) -> str:
-    """Run, store and describe one pair; a failure is described, not raised."""
+) -> tuple[str, bool]:
+    """Run, store and describe one pair: (log line, whether it succeeded); a failure is not raised."""
     try:
         row = run_one(runner, strategy, item, words, workers)
     except Exception as e:  # one bad pair must not cost the rest of a long run
-        return f"{strategy:>18} {item.id:<32} FAILED: {type(e).__name__}: {first_line(e)}"
+        return f"{strategy:>18} {item.id:<32} FAILED: {type(e).__name__}: {first_line(e)}", False
     write_json_atomic(item_path(run_dir, strategy, item), row)
     overall = 100 * row["scores"]["overall"]
-    return f"{strategy:>18} {item.id:<32} Overall {overall:5.1f}  {row['seconds']:7.1f} s"
+    return f"{strategy:>18} {item.id:<32} Overall {overall:5.1f}  {row['seconds']:7.1f} s", True
 
 
 def _worker(index: int, spec: ModelSpec, run_dir: Path, words: int | None, workers: int, todo, done) -> None:
-    """Worker ``index``: take (strategy, item) pairs from ``todo`` until None, report each to ``done``,
-    then its index."""
+    """Worker ``index``: take (strategy, item) pairs from ``todo`` until None, report each outcome to
+    ``done``, then its index."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -303,16 +301,17 @@ def run(
     """Run every (strategy, item) pair not yet stored in ``run_dir`` (none without ``compute``) in
     ``workers`` processes (1: this one); return all stored rows and how many pairs failed."""
     pending = [t for t in tasks(strategies, items) if not item_path(run_dir, t[0], t[1]).is_file()]
-    lines: list[str] = []
+    failed = 0
 
-    def report(line: str) -> None:
-        lines.append(line)
+    def report(line: str, ok: bool) -> None:
+        nonlocal failed
+        failed += not ok
         log(line)
 
     if compute and workers <= 1:
         runner = Runner(spec)
         for strategy, item in pending:
-            report(_attempt(runner, run_dir, strategy, item, words, 1))
+            report(*_attempt(runner, run_dir, strategy, item, words, 1))
     elif compute and pending:
         ctx = mp.get_context("spawn")  # CUDA cannot be shared with forked children
         todo, done = ctx.Queue(), ctx.Queue()
@@ -334,12 +333,12 @@ def run(
                 for k, p in enumerate(procs):
                     if k not in finished and p.exitcode not in (None, 0):
                         finished.add(k)
-                        report(f"worker {k} FAILED: exit code {p.exitcode}; its pair was not stored")
+                        report(f"worker {k} FAILED: exit code {p.exitcode}; its pair was not stored", False)
                 continue
             if isinstance(msg, int):
                 finished.add(msg)
             else:
-                report(msg)
+                report(*msg)
         for p in procs:
             p.join()
     rows = []
@@ -347,7 +346,7 @@ def run(
         path = item_path(run_dir, strategy, item)
         if path.is_file():
             rows.append(json.loads(path.read_text(encoding="utf-8")))
-    return rows, sum(" FAILED: " in line for line in lines)
+    return rows, failed
 
 
 # ---------------------------------------------------------------- tables
