@@ -41,6 +41,14 @@ class EncryptedDocumentError(InfsumError):
     """The PDF is encrypted and the given (or empty) password does not open it."""
 
 
+class DRMProtectedError(EncryptedDocumentError):
+    """The EPUB's text is encrypted (DRM): only the seller's reading software can open it."""
+
+
+class TooLargeError(InfsumError):
+    """The input is over a bound in ``infsum.limits``; the message names the variable that raises it."""
+
+
 class NeedsOCRError(InfsumError):
     """The PDF has no text layer (a scan): it needs OCR first."""
 
@@ -66,4 +74,4 @@ class ConfigError(InfsumError):
 
 
 class ScoringError(InfsumError):
-    """A summary or reference file to score is missing or empty."""
+    """A summary or reference file to score is missing, empty, binary or too long to score."""

@@ -12,7 +12,7 @@ from ebooklib import epub
 
 from infsum.errors import CorruptDocumentError, UnsafeDocumentError
 from infsum.readers import load_book
-from infsum.readers._safety import MAX_ENTRY_BYTES
+from infsum.limits import MAX_ENTRY_MB, MB
 
 XHTML = '<html xmlns="http://www.w3.org/1999/xhtml" xmlns:epub="http://www.idpf.org/2007/ops"><body>{}</body></html>'
 
@@ -89,7 +89,7 @@ def _zip(path: Path, entries: dict[str, bytes], *, compression: int = zipfile.ZI
 
 def test_epub_zip_bomb_is_refused(tmp_path: Path) -> None:
     path = _zip(
-        tmp_path / "bomb.epub", {"mimetype": b"application/epub+zip", "big.xhtml": bytes(MAX_ENTRY_BYTES + 1)}
+        tmp_path / "bomb.epub", {"mimetype": b"application/epub+zip", "big.xhtml": bytes(MAX_ENTRY_MB * MB + 1)}
     )
     with pytest.raises(
         UnsafeDocumentError, match=r"bomb\.epub: entry 'big\.xhtml' unpacks to 64 MiB.*zip bomb"

@@ -1,4 +1,9 @@
-"""Opening untrusted archives and XML safely: zip bounds checked before any parser sees them."""
+"""Opening untrusted files safely: size, format and zip bounds checked before any parser sees them.
+
+The bounds are in ``infsum.limits`` (overridable with ``INFSUM_<NAME>`` environment variables).
+Python's zipfile never inflates past an entry's declared size, so a lying zip header cannot get
+around the zip bounds, which are checked against the zip directory before anything is inflated.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,10 @@ from pathlib import Path, PurePosixPath
 
 from lxml import etree
 
-from ..errors import CorruptDocumentError, UnsafeDocumentError
+from .. import limits
+from ..errors import CorruptDocumentError, TooLargeError, UnsafeDocumentError
+from ..limits import MB
 
-# Bounds for an EPUB's zip entries, checked against the sizes in the zip directory before anything is
-# read. Python's zipfile never inflates past an entry's declared size, so a lying header cannot get
-# around them. The largest real EPUB entries are images of a few MiB and text files under 2 MiB.
-MAX_ENTRY_BYTES = 64 * 1024 * 1024  # one uncompressed entry
-MAX_TOTAL_BYTES = 512 * 1024 * 1024  # all entries together, uncompressed
-MAX_RATIO = 100  # uncompressed / compressed size; text deflates ~3-10x, bombs reach 1000x
-RATIO_FLOOR_BYTES = 1024 * 1024  # entries smaller than this are never refused for their ratio
-MAX_ENTRIES = 10_000
 MARKUP_SUFFIXES = (".xml", ".opf", ".ncx", ".xhtml", ".html", ".htm", ".svg")
 
 # an XML document that declares entities (billion laughs, external entities) is refused outright
@@ -37,22 +36,56 @@ def _escapes(name: str) -> bool:
     return name.startswith("/") or bool(_WINDOWS_DRIVE.match(name)) or ".." in PurePosixPath(name).parts
 
 
+def check_size(path: Path, bound: str) -> None:
+    """Refuse a file larger than the bound ``bound`` (in MB) by its size on disk, before reading it."""
+    size, limit = path.stat().st_size, limits.get(bound)
+    if size > limit * MB:
+        need = -(-size // MB)
+        raise TooLargeError(
+            f"{path}: {need} MB, over the {limit} MB limit for a book; {limits.raise_hint(bound, need)}"
+        )
+
+
+def check_magic(path: Path, magic: bytes, *, within: int, kind: str) -> None:
+    """Refuse a file whose first ``within`` bytes lack ``magic``: it is not a ``kind`` file."""
+    with path.open("rb") as f:
+        head = f.read(within)
+    if magic not in head:
+        raise CorruptDocumentError(
+            f"{path}: not a{'n' if kind[0] in 'AEIOU' else ''} {kind} file (no {magic.decode('latin-1')!r} "
+            f"header); check that it is the right, complete file"
+        )
+
+
+def _check_totals(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip whose entries, or its markup entries alone, unpack beyond the total bounds."""
+    total = markup = 0
+    for info in infos:
+        _check_entry(path, info)
+        total += info.file_size
+        markup += info.file_size if info.filename.lower().endswith(MARKUP_SUFFIXES) else 0
+    for bound, size, what in (("MAX_UNPACKED_MB", total, "its entries"), ("MAX_MARKUP_MB", markup, "its text")):
+        limit = limits.get(bound)
+        if size > limit * MB:
+            need = -(-size // MB)
+            raise UnsafeDocumentError(
+                f"{path}: {what} unpack to {need} MB, over the {limit} MB limit; refusing a possible "
+                f"zip bomb ({limits.raise_hint(bound, need)})"
+            )
+
+
 def check_zip(path: Path) -> None:
-    """Refuse a zip whose entries escape the archive, inflate beyond the bounds above, or hold XML
-    that declares entities; raise ``CorruptDocumentError`` when it is not a readable zip at all."""
+    """Refuse a zip whose entries escape the archive, inflate beyond the ``infsum.limits`` bounds, or
+    hold XML that declares entities; raise ``CorruptDocumentError`` when it is not a readable zip."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            if len(infos) > MAX_ENTRIES:
-                raise UnsafeDocumentError(f"{path}: {len(infos)} zip entries (limit {MAX_ENTRIES}); refusing")
-            total = 0
-            for info in infos:
-                _check_entry(path, info)
-                total += info.file_size
-                if total > MAX_TOTAL_BYTES:
-                    raise UnsafeDocumentError(
-                        f"{path}: unpacks to over {MAX_TOTAL_BYTES >> 20} MiB; refusing a possible zip bomb"
-                    )
+            if len(infos) > limits.get("MAX_ENTRIES"):
+                raise UnsafeDocumentError(
+                    f"{path}: {len(infos)} zip entries, over the {limits.get('MAX_ENTRIES')} limit; "
+                    f"refusing ({limits.raise_hint('MAX_ENTRIES', len(infos))})"
+                )
+            _check_totals(path, infos)
             for info in infos:
                 if info.filename.lower().endswith(MARKUP_SUFFIXES) and _ENTITY_DECL.search(zf.read(info)):
                     raise UnsafeDocumentError(
@@ -67,14 +100,18 @@ def check_zip(path: Path) -> None:
 def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
     if _escapes(info.filename):
         raise UnsafeDocumentError(f"{path}: entry {info.filename!r} points outside the archive; refusing")
-    if info.file_size > MAX_ENTRY_BYTES:
+    limit, ratio = limits.get("MAX_ENTRY_MB"), limits.get("MAX_RATIO")
+    if info.file_size > limit * MB:
+        need = -(-info.file_size // MB)
         raise UnsafeDocumentError(
-            f"{path}: entry {info.filename!r} unpacks to {info.file_size >> 20} MiB "
-            f"(limit {MAX_ENTRY_BYTES >> 20} MiB); refusing a possible zip bomb"
+            f"{path}: entry {info.filename!r} unpacks to {need} MB, over the {limit} MB limit; refusing "
+            f"a possible zip bomb ({limits.raise_hint('MAX_ENTRY_MB', need)})"
         )
-    if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+    if info.file_size > limits.get("RATIO_FLOOR_MB") * MB and info.file_size > ratio * max(info.compress_size, 1):
+        need = -(-info.file_size // max(info.compress_size, 1))
         raise UnsafeDocumentError(
-            f"{path}: entry {info.filename!r} is compressed over {MAX_RATIO}:1; refusing a possible zip bomb"
+            f"{path}: entry {info.filename!r} is compressed over {ratio}:1; refusing a possible zip bomb "
+            f"({limits.raise_hint('MAX_RATIO', need)})"
         )
 
 

@@ -28,7 +28,7 @@ from lxml import etree
 from ..errors import CorruptDocumentError
 from ._book import Book, Chapter, join_paragraphs
 from ._headings import is_group
-from ._safety import check_zip, parse_xhtml
+from ._safety import check_magic, check_size, check_zip, parse_xhtml
 
 log = logging.getLogger("infsum")
 
@@ -253,6 +253,8 @@ def read_epub(path: Path) -> Book:
     """Read an EPUB file into a Book (see the module docstring)."""
     from ebooklib import epub
 
+    check_magic(path, b"PK\x03\x04", within=4, kind="EPUB")
+    check_size(path, "MAX_BOOK_MB")
     check_zip(path)
     try:
         with warnings.catch_warnings():

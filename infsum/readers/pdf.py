@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import CorruptDocumentError, EncryptedDocumentError, NeedsOCRError
 from ._book import Book, Chapter, clean_line, join_paragraphs
 from ._headings import is_heading, is_subtitle
+from ._safety import check_magic, check_size
 from .text import LANGUAGES, front_matter, split_chapters, strip_gutenberg
 
 log = logging.getLogger("infsum")
@@ -109,24 +110,47 @@ def read_columns(layout: str) -> list[str] | None:
     return out
 
 
-def _page_lines(path: Path, reader) -> list[list[str]]:
-    """Cleaned text lines of every page (empty strings mark blank lines)."""
+class _Complaints(logging.Handler):
+    """Counts the warnings pypdf logs (it recovers from damage quietly rather than raising)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def _page_lines(path: Path, reader) -> tuple[list[list[str]], list[int]]:
+    """Cleaned text lines of every page (empty strings mark blank lines), and the numbers of the
+    pages that are damaged: they raised, or yielded no text while pypdf complained."""
     pages = []
+    damaged = []
     misses = 0  # pages that looked like columns in layout mode but had no gutter
-    for i, page in enumerate(reader.pages):
-        try:
-            lines = page.extract_text().splitlines()
-            lengths = sorted(len(x.strip()) for x in lines if x.strip())
-            short = len(lengths) >= 15 and lengths[len(lengths) // 2] < COLUMN_LINE_CHARS
-            if short and misses < MAX_COLUMN_MISSES:
-                columns = read_columns(page.extract_text(extraction_mode="layout"))
-                misses += columns is None
-                lines = columns or lines
-        except Exception as e:  # one damaged page must not lose the book
-            log.warning("%s: page %d could not be read (%s); skipped", path, i + 1, e)
-            lines = []
-        pages.append([clean_line(x.translate(_LIGATURES)) for x in lines])
-    return pages
+    complaints = _Complaints()
+    pypdf_log = logging.getLogger("pypdf")
+    pypdf_log.addHandler(complaints)
+    try:
+        for i, page in enumerate(reader.pages):
+            before = complaints.count
+            try:
+                lines = page.extract_text().splitlines()
+                lengths = sorted(len(x.strip()) for x in lines if x.strip())
+                short = len(lengths) >= 15 and lengths[len(lengths) // 2] < COLUMN_LINE_CHARS
+                if short and misses < MAX_COLUMN_MISSES:
+                    columns = read_columns(page.extract_text(extraction_mode="layout"))
+                    misses += columns is None
+                    lines = columns or lines
+                if complaints.count > before and not any(x.strip() for x in lines):
+                    damaged.append(i + 1)
+            except Exception as e:  # one damaged page must not lose the book
+                log.warning("%s: page %d could not be read (%s); skipped", path, i + 1, e)
+                lines = []
+                damaged.append(i + 1)
+            pages.append([clean_line(x.translate(_LIGATURES)) for x in lines])
+    finally:
+        pypdf_log.removeHandler(complaints)
+    return pages, damaged
 
 
 def _furniture_key(line: str) -> str:
@@ -258,9 +282,16 @@ def _metadata(reader) -> dict[str, str]:
 
 def read_pdf(path: Path, *, password: str | None = None) -> Book:
     """Read a PDF's text layer into a Book (see the module docstring)."""
+    check_magic(path, b"%PDF-", within=1024, kind="PDF")
+    check_size(path, "MAX_BOOK_MB")
     reader = _open(path, password)
-    pages = _page_lines(path, reader)
+    pages, damaged = _page_lines(path, reader)
     if not any(x for lines in pages for x in lines):
+        if damaged:  # a broken content stream or object cycle: OCR would not help
+            raise CorruptDocumentError(
+                f"{path}: damaged, no text could be read ({len(damaged)} of {len(pages)} pages broken, "
+                f"first page {damaged[0]}); get an undamaged copy or repair it, e.g. `qpdf {path.name} fixed.pdf`"
+            )
         raise NeedsOCRError(
             f"{path}: no text layer (a scan); run OCR first, e.g. `ocrmypdf {path.name} out.pdf`"
         )
