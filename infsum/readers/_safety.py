@@ -64,7 +64,8 @@ def _check_totals(path: Path, infos: list[zipfile.ZipInfo]) -> None:
         _check_entry(path, info)
         total += info.file_size
         markup += info.file_size if info.filename.lower().endswith(MARKUP_SUFFIXES) else 0
-    for bound, size, what in (("MAX_UNPACKED_MB", total, "its entries"), ("MAX_MARKUP_MB", markup, "its text")):
+    checks = (("MAX_UNPACKED_MB", total, "its entries"), ("MAX_MARKUP_MB", markup, "its text"))
+    for bound, size, what in checks:
         limit = limits.get(bound)
         if size > limit * MB:
             need = -(-size // MB)
@@ -107,7 +108,8 @@ def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
             f"{path}: entry {info.filename!r} unpacks to {need} MB, over the {limit} MB limit; refusing "
             f"a possible zip bomb ({limits.raise_hint('MAX_ENTRY_MB', need)})"
         )
-    if info.file_size > limits.get("RATIO_FLOOR_MB") * MB and info.file_size > ratio * max(info.compress_size, 1):
+    floor = limits.get("RATIO_FLOOR_MB") * MB
+    if info.file_size > floor and info.file_size > ratio * max(info.compress_size, 1):
         need = -(-info.file_size // max(info.compress_size, 1))
         raise UnsafeDocumentError(
             f"{path}: entry {info.filename!r} is compressed over {ratio}:1; refusing a possible zip bomb "

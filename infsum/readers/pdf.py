@@ -290,7 +290,8 @@ def read_pdf(path: Path, *, password: str | None = None) -> Book:
         if damaged:  # a broken content stream or object cycle: OCR would not help
             raise CorruptDocumentError(
                 f"{path}: damaged, no text could be read ({len(damaged)} of {len(pages)} pages broken, "
-                f"first page {damaged[0]}); get an undamaged copy or repair it, e.g. `qpdf {path.name} fixed.pdf`"
+                f"first page {damaged[0]}); get an undamaged copy or repair it, "
+                f"e.g. `qpdf {path.name} fixed.pdf`"
             )
         raise NeedsOCRError(
             f"{path}: no text layer (a scan); run OCR first, e.g. `ocrmypdf {path.name} out.pdf`"
