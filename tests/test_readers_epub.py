@@ -91,7 +91,7 @@ def test_epub_zip_bomb_is_refused(tmp_path: Path) -> None:
     big = bytes(MAX_ENTRY_MB * MB + 1)
     path = _zip(tmp_path / "bomb.epub", {"mimetype": b"application/epub+zip", "big.xhtml": big})
     with pytest.raises(
-        UnsafeDocumentError, match=r"bomb\.epub: entry 'big\.xhtml' unpacks to 65 MB, over the 64 MB limit.*zip bomb"
+        UnsafeDocumentError, match=r"bomb\.epub: entry 'big\.xhtml' unpacks to 65 MB, over the 64 MB limit"
     ):
         load_book(path)
 

@@ -52,8 +52,8 @@ def check_magic(path: Path, magic: bytes, *, within: int, kind: str) -> None:
         head = f.read(within)
     if magic not in head:
         raise CorruptDocumentError(
-            f"{path}: not a{'n' if kind[0] in 'AEIOU' else ''} {kind} file (no {magic.decode('latin-1')!r} "
-            f"header); check that it is the right, complete file"
+            f"{path}: not a readable {kind} (no {magic.decode('latin-1')!r} header in its first "
+            f"{within} bytes); check that it is the right, complete file"
         )
 
 
