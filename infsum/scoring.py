@@ -16,9 +16,12 @@ from pathlib import Path
 
 from rouge_score import rouge_scorer
 
+from . import limits
 from .errors import ScoringError
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+_TOKEN = re.compile(r"[a-z0-9]+")  # what rouge-score's tokenizer counts (after lower-casing)
 
 # a sentence ends at . ! or ? (optionally followed by closing quotes/brackets) and whitespace
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")
@@ -84,18 +87,44 @@ def score(summary: str, references: Sequence[str]) -> RougeScores:
     refs = [r for r in references if r.strip()]
     if not refs:
         raise ScoringError("no non-empty reference summary to score against")
+    _check_tokens(summary, "summary")
+    for r in refs:
+        _check_tokens(r, "reference")
     result = _scorer().score_multi([split_sentences(r) for r in refs], split_sentences(summary))
     return RougeScores(
         **{m: Rouge(result[m].precision, result[m].recall, result[m].fmeasure) for m in METRICS}
     )
 
 
+def _check_tokens(text: str, what: str, path: Path | None = None) -> None:
+    """Refuse a text over ``MAX_SCORE_TOKENS`` ROUGE tokens: ROUGE-L's work is quadratic in length."""
+    n, limit = len(_TOKEN.findall(text.lower())), limits.get("MAX_SCORE_TOKENS")
+    if n > limit:
+        name = f"{path}: " if path else ""
+        raise ScoringError(
+            f"{name}the {what} has {n:,} ROUGE tokens, over the {limit:,} that can be scored in "
+            f"bounded time; score a summary, not a book ({limits.raise_hint('MAX_SCORE_TOKENS', n)})"
+        )
+
+
 def read_text_file(path: str | Path, what: str = "reference") -> str:
-    """Read a UTF-8 summary or reference file, with a one-line error when it is missing or empty."""
+    """Read a UTF-8 summary or reference file, with a one-line error when it is missing, empty,
+    binary, or over the ``MAX_SCORE_MB`` / ``MAX_SCORE_TOKENS`` bounds of ``infsum.limits``."""
     p = Path(path)
     if not p.is_file():
         raise ScoringError(f"{p}: {what} file not found; check the path")
-    text = p.read_text(encoding="utf-8-sig", errors="replace")
+    size, limit = p.stat().st_size, limits.get("MAX_SCORE_MB")
+    if size > limit * limits.MB:
+        need = -(-size // limits.MB)
+        raise ScoringError(
+            f"{p}: {what} file is {need} MB, over the {limit} MB limit for scoring; "
+            f"{limits.raise_hint('MAX_SCORE_MB', need)}"
+        )
+    raw = p.read_bytes()
+    if b"\x00" in raw:
+        raise ScoringError(f"{p}: {what} file is binary data, not text; give a UTF-8 text file")
+    text = raw.decode("utf-8-sig", errors="replace")
+    _check_tokens(text, what, p)
     if not text.strip():
         raise ScoringError(f"{p}: {what} file is empty; give a file with text in it")
     return text

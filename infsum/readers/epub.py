@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from lxml import etree
 
-from ..errors import CorruptDocumentError
+from ..errors import CorruptDocumentError, DRMProtectedError
 from ._book import Book, Chapter, join_paragraphs
 from ._headings import is_group
 from ._safety import check_magic, check_size, check_zip, parse_xhtml
@@ -249,6 +249,37 @@ def _first(book, field: str) -> str | None:
     return " ".join(values[0].split()) if values else None
 
 
+# font obfuscation (IDPF, Adobe): fonts scrambled so they cannot be lifted out; the text is readable
+FONT_OBFUSCATION = ("http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC")
+_ENC = "{http://www.w3.org/2001/04/xmlenc#}"
+
+
+def check_encryption(path: Path) -> None:
+    """Refuse an EPUB whose ``META-INF/encryption.xml`` encrypts anything but fonts by obfuscation
+    (DRM: the text can only be opened by the seller's software); font obfuscation alone is fine."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        if "META-INF/encryption.xml" not in z.namelist():
+            return
+        root = parse_xhtml(z.read("META-INF/encryption.xml"))
+    if root is None:
+        raise CorruptDocumentError(
+            f"{path}: META-INF/encryption.xml is unreadable; check that the file is complete"
+        )
+    for data in root.iter(f"{_ENC}EncryptedData"):
+        method = data.find(f"{_ENC}EncryptionMethod")
+        algorithm = method.get("Algorithm", "") if method is not None else ""
+        ref = data.find(f"{_ENC}CipherData/{_ENC}CipherReference")
+        uri = ref.get("URI", "") if ref is not None else ""
+        is_font = uri.lower().endswith((".otf", ".ttf", ".woff", ".woff2"))
+        if algorithm not in FONT_OBFUSCATION or not is_font:
+            raise DRMProtectedError(
+                f"{path}: {uri or 'a file'} is encrypted ({algorithm or 'unknown method'}), which is DRM; "
+                "export a DRM-free copy of the book from your store or library"
+            )
+
+
 def read_epub(path: Path) -> Book:
     """Read an EPUB file into a Book (see the module docstring)."""
     from ebooklib import epub
@@ -256,6 +287,7 @@ def read_epub(path: Path) -> Book:
     check_magic(path, b"PK\x03\x04", within=4, kind="EPUB")
     check_size(path, "MAX_BOOK_MB")
     check_zip(path)
+    check_encryption(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ebooklib warns about its own future defaults

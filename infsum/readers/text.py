@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import CorruptDocumentError
 from ._book import Book, Chapter, clean_line, join_paragraphs
 from ._headings import is_bare, is_caps_heading, is_group, is_heading, is_subtitle
+from ._safety import check_size
 
 log = logging.getLogger("infsum")
 
@@ -41,14 +42,35 @@ LANGUAGES = {
 }
 
 
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """ "utf-16-le" or "utf-16-be" when the first 4 KB look like UTF-16 text without a BOM (mostly
+    ASCII: nearly every byte at odd positions, or at even ones, is NUL and the others are not)."""
+    head = raw[:4096]
+    even, odd = head[0::2], head[1::2]
+    if len(odd) < 8:
+        return None
+    if odd.count(0) >= 0.9 * len(odd) and even.count(0) <= 0.1 * len(even):
+        return "utf-16-le"
+    if even.count(0) >= 0.9 * len(even) and odd.count(0) <= 0.1 * len(odd):
+        return "utf-16-be"
+    return None
+
+
 def decode(raw: bytes, path: Path) -> str:
-    """Decode bytes: UTF-8 (with or without BOM), UTF-16 with BOM, else Windows-1252."""
+    """Decode bytes: UTF-8 (with or without BOM), UTF-16 (with a BOM, or mostly-ASCII text without
+    one), else Windows-1252. A NUL byte anywhere else means binary data: ``CorruptDocumentError``."""
     if raw.startswith(codecs.BOM_UTF8):
-        return raw[len(codecs.BOM_UTF8) :].decode("utf-8", errors="replace")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")  # the codec reads and drops the BOM
-    if b"\x00" in raw[:4096]:
-        raise CorruptDocumentError(f"{path}: binary data, not text; give a .txt file in a text encoding")
+    elif (utf16 := _utf16_without_bom(raw)) is not None:
+        log.info("%s: no byte-order mark, read as %s", path, utf16)
+        return raw.decode(utf16, errors="replace")
+    if b"\x00" in raw:
+        at = raw.index(b"\x00")
+        raise CorruptDocumentError(
+            f"{path}: binary data (a NUL byte at offset {at:,}), not text; give a text-encoded .txt file"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -183,6 +205,7 @@ def front_matter(blocks: list[list[str]], fields: dict[str, str]) -> tuple[str |
 
 def read_text(path: Path) -> Book:
     """Read a .txt or .md file into a Book (see the module docstring for what is recognised)."""
+    check_size(path, "MAX_TEXT_MB")
     text = decode(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")
     body, fields = strip_gutenberg(text)
     blocks = _blocks(body)
