@@ -3,11 +3,18 @@
 Layout: ``OUT/<relative folder>/<stem>.summary.md`` and ``.summary.json`` per book, plus one JSON
 line per attempt in ``OUT/results.jsonl``. A rerun skips books whose last record is ``ok`` and
 whose files exist, and retries the others, so an interrupted batch loses and duplicates nothing.
+A damaged line in ``results.jsonl`` is moved to ``results.jsonl.bad`` (with a warning naming its line
+number) and its book is redone. One batch at a time owns an output folder: ``OUT/.infsum-batch.lock``
+is created atomically with the owner's process id, removed on exit, and taken over when that process
+no longer runs (a crash). A failed write (disk full, permissions) stops the batch with
+``OutputError``: nothing half-written is left, and a rerun after the fix resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -16,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SummarizeConfig
-from .errors import BookNotFoundError, InfsumError
+from .errors import BookNotFoundError, InfsumError, OutputError
 from .pipeline import Progress, Step, Summarizer, SummaryResult, rouge_from_dict
 from .readers import SUFFIXES
 from .scoring import MetricSummary, RougeScores, read_text_file, summarize_scores
 
 RESULTS = "results.jsonl"
+LOCK = ".infsum-batch.lock"
+log = logging.getLogger("infsum")
 _REFERENCE = re.compile(r"\.ref\d*\.txt$", re.IGNORECASE)
 
 # summarizer(book path, reference texts, progress=...) -> SummaryResult
@@ -94,13 +103,20 @@ def output_paths(book: Path, directory: Path, out: Path, books: Sequence[Path]) 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (or a rerun after
     a kill) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):  # the folder may not even exist
+            tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{path}: cannot write it ({e.strerror or e}); free space, fix permissions or pick another -o"
+        ) from e
 
 
 def write_outputs(result: SummaryResult, md: Path, js: Path) -> None:
@@ -121,10 +137,21 @@ class ResultsLog:
             if len(complete) != len(data):
                 with open(path, "r+b") as f:
                     f.truncate(len(complete))
-            for line in complete.decode("utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
+            good, bad = [], []
+            for n, line in enumerate(complete.split(b"\n")[:-1], 1):
+                record = _parse(line)
+                if record is None and line.strip():
+                    log.warning(
+                        "%s: line %d is damaged; set aside in %s.bad, its book is redone", path, n, path.name
+                    )
+                    bad.append(line)
+                elif record is not None:
+                    good.append(line)
                     self.last[record["book"]] = record
+            if bad:
+                with open(path.with_name(path.name + ".bad"), "ab") as f:
+                    f.write(b"".join(x + b"\n" for x in bad))
+                write_atomic(path, b"".join(x + b"\n" for x in good).decode("utf-8"))
 
     def done(self, book: str, files: Sequence[Path]) -> bool:
         """Whether ``book`` was summarized by an earlier run and its files are still there."""
@@ -133,12 +160,88 @@ class ResultsLog:
 
     def append(self, record: dict) -> None:
         """Append one record and make it durable before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                start = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(start)  # never leave a cut-off last line
+                    raise
+        except OSError as e:
+            raise OutputError(
+                f"{self.path}: cannot append ({e.strerror or e}); free space or fix permissions, then rerun"
+            ) from e
         self.last[record["book"]] = record
+
+
+def _parse(line: bytes) -> dict | None:
+    """A results record, or None for a blank or damaged line."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("book"), str) and "status" in record
+    return record if ok else None
+
+
+class BatchLock:
+    """``OUT/.infsum-batch.lock``: one batch per output folder, recognisably stale after a crash."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+
+    def __enter__(self) -> BatchLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(
+                f"{self.path.parent}: cannot create it ({e.strerror or e}); pick another -o"
+            ) from e
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise OutputError(
+                        f"{self.path.parent}: another infsum batch (process {owner}) is writing here; "
+                        "wait for it or use another -o"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as e:
+                raise OutputError(
+                    f"{self.path}: cannot create the lock ({e.strerror or e}); pick another -o"
+                ) from e
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise OutputError(f"{self.path}: another batch keeps taking the lock; use another -o")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def run_batch(
@@ -161,22 +264,27 @@ def run_batch(
     summarizer = summarizer or Summarizer(cfg or SummarizeConfig())
     report = progress or (lambda step: None)
     books = find_books(directory, out)
-    log = ResultsLog(out / RESULTS)
+    if not books:
+        raise BookNotFoundError(
+            f"{directory}: no books found (looked for {', '.join(SUFFIXES)} files); check the folder"
+        )
     outcomes = []
-    for i, book in enumerate(books):
-        rel = book.relative_to(directory).as_posix()
-        md, js = output_paths(book, directory, out, books)
-        if log.done(rel, (md, js)):
-            rouge = log.last[rel].get("rouge")
-            outcomes.append(BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True))
-            continue
-        report(Step("book", i, len(books), rel))
-        outcomes.append(_run_one(summarizer, book, rel, md, js, refs_dir, log, report))
+    with BatchLock(out):
+        results = ResultsLog(out / RESULTS)
+        for i, book in enumerate(books):
+            rel = book.relative_to(directory).as_posix()
+            md, js = output_paths(book, directory, out, books)
+            if results.done(rel, (md, js)):
+                rouge = results.last[rel].get("rouge")
+                outcomes.append(BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True))
+                continue
+            report(Step("book", i, len(books), rel))
+            outcomes.append(_run_one(summarizer, book, rel, md, js, refs_dir, results, report))
     report(Step("book", len(books), len(books)))
     return BatchReport(tuple(outcomes))
 
 
-def _run_one(summarizer, book, rel, md, js, refs_dir, log, report) -> BookOutcome:
+def _run_one(summarizer, book, rel, md, js, refs_dir, results, report) -> BookOutcome:
     """Summarize, write and log one book; any failure becomes an error record, not an exception."""
     t0 = time.perf_counter()
     record = {"book": rel}
@@ -184,12 +292,14 @@ def _run_one(summarizer, book, rel, md, js, refs_dir, log, report) -> BookOutcom
         refs = [read_text_file(r) for r in find_references(book, Path(refs_dir) if refs_dir else None)]
         result = summarizer(book, refs, progress=report)
         write_outputs(result, md, js)
+    except OutputError:
+        raise  # a full disk or a read-only folder fails every later book too: stop now
     except Exception as e:  # noqa: BLE001 - one bad book must not stop a long batch; the log keeps why
         message = str(e) if isinstance(e, InfsumError) else f"{type(e).__name__}: {e}"
-        log.append({**record, "status": "error", "message": message, "seconds": _since(t0)})
+        results.append({**record, "status": "error", "message": message, "seconds": _since(t0)})
         return BookOutcome(rel, "error", message)
     rouge = result.rouge.to_dict() if result.rouge else None
-    log.append(
+    results.append(
         {
             **record,
             "status": "ok",

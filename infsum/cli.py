@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from . import __version__
@@ -214,6 +215,11 @@ class ProgressView:
         self.bar.update(self.tasks[key], description=description, completed=done, total=total, rate=rate)
 
 
+def plain(text: str) -> Text:
+    """Text taken from a book or a path, for rich: never parsed as markup, control bytes dropped."""
+    return Text("".join(ch if ch.isprintable() else " " for ch in text))
+
+
 def rouge_table(scores, title: str = "ROUGE (best over references)") -> Table:
     """Precision, recall and F1 of each ROUGE metric, and the overall geometric mean."""
     table = Table(title=title)
@@ -275,12 +281,13 @@ def summarize_command(
     )
     with ProgressView(segment_len, quiet) as view:
         result = summarize(book, cfg, references=references, progress=view, state_path=save_state)
+    # the summary reaches stdout first: if the files below cannot be written, nothing is lost
+    typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_out else result.markdown())
     if out is not None:
         md, js = out / f"{book.stem}.summary.md", out / f"{book.stem}.summary.json"
         write_outputs(result, md, js)
         if not quiet:
             typer.echo(f"wrote {md} and {js}", err=True)
-    typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_out else result.markdown())
     if result.rouge and not json_out:
         Console(stderr=True).print(rouge_table(result.rouge))
 
@@ -305,12 +312,12 @@ def read_command(
     elif json_out:
         typer.echo(json.dumps(b.to_dict(), indent=2, ensure_ascii=False))
     else:
-        table = Table(title=f"{b.title or book.name}" + (f" by {b.author}" if b.author else ""))
+        table = Table(title=plain(f"{b.title or book.name}" + (f" by {b.author}" if b.author else "")))
         table.add_column("#", justify="right")
         table.add_column("chapter")
         table.add_column("words", justify="right")
         for i, c in enumerate(b.chapters, 1):
-            table.add_row(str(i), c.title, f"{c.words:,}")
+            table.add_row(str(i), plain(c.title), f"{c.words:,}")
         table.add_section()
         table.add_row("", "total", f"{b.words:,}")
         Console().print(table)
@@ -396,7 +403,7 @@ def batch_table(report) -> Table:
             if o.rouge
             else [""] * len(keys)
         )
-        table.add_row(o.book, status, *cells)
+        table.add_row(plain(o.book), status, *cells)
     means = report.means
     if means:
         table.add_section()

@@ -75,3 +75,8 @@ class ConfigError(InfsumError):
 
 class ScoringError(InfsumError):
     """A summary or reference file to score is missing, empty, binary or too long to score."""
+
+
+class OutputError(InfsumError):
+    """An output file or folder cannot be written (a file where a folder should be, permissions, a
+    full disk), or a batch output folder is in use by another run."""

@@ -187,3 +187,74 @@ def test_cli_batch_missing_folder(tmp_path: Path) -> None:
     assert (
         result.stderr == f"error: {tmp_path / 'nope'}: no such folder; give the folder that holds the books\n"
     )
+
+
+def test_a_damaged_results_line_is_set_aside_and_its_book_redone(library: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_batch(library, out, summarizer=FakeSummarizer())
+    lines = (out / RESULTS).read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1][:20] + "\x00garbage"  # a torn write in the middle of the file
+    (out / RESULTS).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    damaged_book = json.loads(lines[0])["book"]  # line 0 stays good
+    fake = FakeSummarizer()
+    report = run_batch(library, out, summarizer=fake)
+    assert not report.failed and len(fake.calls) == 1  # only the book of the damaged line is redone
+    assert (out / (RESULTS + ".bad")).read_text(encoding="utf-8").startswith(lines[1][:20])
+    books = [r["book"] for r in records(out)]
+    assert len(books) == len(set(books)) == 5 and damaged_book in books
+
+
+def test_one_batch_per_output_folder(library: Path, tmp_path: Path) -> None:
+    import os
+
+    from infsum.batch import LOCK
+    from infsum.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text(str(os.getpid()))  # a live owner: this very process
+    with pytest.raises(OutputError, match="another infsum batch"):
+        run_batch(library, out, summarizer=FakeSummarizer())
+    (out / LOCK).write_text("999999999")  # a crashed owner: no such process
+    assert not run_batch(library, out, summarizer=FakeSummarizer()).failed
+    assert not (out / LOCK).exists()  # released on exit
+
+
+def test_a_failed_write_stops_the_batch_and_leaves_no_temporary_files(library: Path, tmp_path: Path) -> None:
+    from infsum.errors import OutputError
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "b.summary.json").mkdir()  # a folder where a file must go: the write fails
+    fake = FakeSummarizer()
+    with pytest.raises(OutputError, match="cannot write it"):
+        run_batch(library, out, summarizer=fake)
+    assert len(fake.calls) < 5  # stopped, not computing and discarding the rest
+    assert not list(out.rglob("*.tmp"))
+    (out / "sub" / "b.summary.json").rmdir()  # the cause fixed: a rerun resumes and completes
+    assert not run_batch(library, out, summarizer=FakeSummarizer()).failed
+    assert len({r["book"] for r in records(out) if r["status"] == "ok"}) == 5
+
+
+def test_an_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(
+        app, ["batch", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--strategy", "lead"]
+    )
+    assert result.exit_code == 2 and "no books found" in result.stderr
+
+
+def test_summary_reaches_stdout_when_the_output_cannot_be_written(tmp_path: Path) -> None:
+    book = write(tmp_path / "book.txt", "A short story about a lighthouse keeper and his cat. " * 20)
+    blocker = write(tmp_path / "file", "not a folder")
+    result = runner.invoke(app, [str(book), "--strategy", "lead", "--words", "20", "-o", str(blocker)])
+    assert result.exit_code == 2
+    assert "lighthouse keeper" in result.stdout  # the summary is not lost
+    assert result.stderr.count("\n") == 1 and "cannot write it" in result.stderr
+
+
+def test_book_text_is_never_rendered_as_markup(tmp_path: Path) -> None:
+    book = write(tmp_path / "[bold]odd[/] name.txt", "CHAPTER [/] ONE\n\nSome text of the chapter here.\n")
+    result = runner.invoke(app, ["read", str(book)])
+    assert result.exit_code == 0, result.output
+    assert "CHAPTER [/] ONE" in result.stdout  # literally, not as a closing tag (a MarkupError before)
