@@ -193,3 +193,21 @@ def test_long_texts_are_refused_before_quadratic_rouge_l(tmp_path: Path) -> None
     assert "INFSUM_MAX_SCORE_TOKENS" in str(err)
     err = _fast(score, "a short summary", [long])
     assert isinstance(err, ScoringError) and "reference" in str(err)
+
+
+def test_cli_damaged_pdf_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    """pypdf's own log lines must not print before infsum's message."""
+    from typer.testing import CliRunner
+
+    from infsum.cli import app
+
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> "
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"]
+    path = tmp_path / "damaged.pdf"
+    path.write_bytes(_pdf([*objs, page + b"/Contents 4 0 R >>", b"[4 0 R]", font]))
+    result = CliRunner().invoke(app, ["read", str(path)])
+    assert result.exit_code == 2
+    assert (
+        result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and "damaged" in result.stderr
+    )
