@@ -17,6 +17,7 @@ class MemoryConfig:
     update: UpdateRule = "delta"  # delta rule by default (the paper's best row)
     gate_init: float = -6.0  # sigmoid(-6) ~ 0.0025: an untrained conversion leans on local attention
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
+    variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # body only: gates never decay
     gate_init: float = -2.0  # sigmoid(-2) = 0.12: memory already mixed in, so it gets gradient at once
     update: str = "delta"
+    variant: str = "paper"  # memory variant (infsum.engine.memory.VARIANTS)
     lora_rank: int = 8  # 0 = train gates only (or the body with full_finetune)
     lora_alpha: float | None = None  # None = 2 * rank
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from infsum.config import MemoryConfig, TrainConfig
 from infsum.engine.lora import add_lora, lora_settings
-from infsum.engine.memory import MemoryState
+from infsum.engine.memory import MemoryState, get_variant
 from infsum.engine.patch import InfiniModel, save_adapter
 from infsum.errors import CheckpointError, ConfigError
 from infsum.tokenizer import Tokenizer
-from infsum.training_data import IGNORE, DataMixture, corpus_files
+from infsum.training_data import IGNORE, DataMixture, Example, corpus_files
 
 ADAPTER_FORMAT = "infsum-adapter/1"
 
@@ -68,7 +68,9 @@ class TrainResult:
 
 def build_model(hf_model: torch.nn.Module, cfg: TrainConfig) -> InfiniModel:
     """Convert ``hf_model`` with fresh gates at ``cfg.gate_init``, add LoRA, and mark what trains."""
-    mem = MemoryConfig(segment_len=cfg.segment_len, update=cfg.update, gate_init=cfg.gate_init)  # type: ignore[arg-type]
+    mem = MemoryConfig(
+        segment_len=cfg.segment_len, update=cfg.update, gate_init=cfg.gate_init, variant=cfg.variant  # type: ignore[arg-type]
+    )
     for p in hf_model.parameters():
         p.requires_grad_(cfg.full_finetune)
     if cfg.lora_rank > 0 and not cfg.full_finetune:
@@ -255,6 +257,14 @@ def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
 Evaluate = Callable[[InfiniModel, Tokenizer], dict[str, Any]]
 
 
+class Examples(Protocol):
+    """What ``train`` draws samples from (``DataMixture`` or a synthetic task)."""
+
+    def example(self, length: int, rng: random.Random) -> Example:
+        """One example of exactly ``length`` tokens."""
+        ...
+
+
 @dataclass
 class _Run:
     """The mutable bookkeeping of one training run (owned by ``train``)."""
@@ -276,10 +286,13 @@ def train(
     progress: Callable[[TrainProgress], None] | None = None,
     loaded: Any | None = None,
     evaluate: Evaluate | None = None,
+    data: Examples | None = None,
 ) -> TrainResult:
-    """Train the Infini parameters of ``cfg.model`` (or of an already ``loaded`` model) and write the
-    adapter ``cfg.out`` (+ ``.json`` card). ``evaluate(model, tokenizer)``, if given, runs after
-    training on the main process and its dict goes into the card's ``eval``."""
+    """Train the Infini parameters of ``cfg.model`` (or of an already ``loaded`` model: anything with
+    ``.model``, ``.tokenizer`` and ``.name``) and write the adapter ``cfg.out`` (+ ``.json`` card).
+    ``data`` (default: the ``DataMixture`` of ``cfg``) draws the examples. ``evaluate(model,
+    tokenizer)``, if given, runs after training on the main process and its dict goes into the
+    card's ``eval``."""
     from infsum.models import load_model
 
     _check(cfg)
@@ -291,7 +304,7 @@ def train(
     torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every process
     model = build_model(loaded.model, cfg).train()
     opt = make_optimizer(model, cfg)
-    data = DataMixture(loaded.tokenizer, cfg)
+    data = data if data is not None else DataMixture(loaded.tokenizer, cfg)
     run = _Run()
     if cfg.resume and cfg.checkpoint_dir and (cfg.checkpoint_dir / "trainer.json").is_file():
         run.step, run.tokens_seen, run.losses = load_checkpoint(cfg.checkpoint_dir, model, opt, cfg)
@@ -347,7 +360,7 @@ def train(
 def _train_step(
     model: InfiniModel,
     opt: torch.optim.Optimizer,
-    data: DataMixture,
+    data: Examples,
     cfg: TrainConfig,
     procs: _Processes,
     run: _Run,
@@ -385,6 +398,7 @@ def _check(cfg: TrainConfig) -> None:
         )
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lora_rank < 0:
         raise ConfigError("steps and batch size must be positive and the LoRA rank not negative")
+    get_variant(cfg.variant)  # before loading the model: an unknown variant fails at once
     if len(cfg.mix) != 3 or min(cfg.mix) < 0:
         raise ConfigError(f"mix {cfg.mix} must be three non-negative shares: lm,passkey,summary")
 
@@ -409,7 +423,12 @@ def make_card(
     return {
         "format": ADAPTER_FORMAT,
         "base_model": getattr(loaded, "name", model.name),
-        "memory": {"segment_len": cfg.segment_len, "update": cfg.update, "gate_init": cfg.gate_init},
+        "memory": {
+            "segment_len": cfg.segment_len,
+            "update": cfg.update,
+            "gate_init": cfg.gate_init,
+            "variant": cfg.variant,
+        },
         "lora": lora_settings(model.hf),
         "full_finetune": cfg.full_finetune,
         "data": {

@@ -1,4 +1,5 @@
-"""The memory equations (infsum.engine.memory) against a loop-by-loop reading of the paper (issue 3)."""
+"""The memory equations (infsum.engine.memory) against a loop-by-loop reading of the paper (issue 3)
+and of each memory variant (issue 11)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
+from infsum.engine.memory import VARIANTS, MemoryState, gate, get_variant, read_memory, sigma, update_memory
+from infsum.errors import ConfigError
 
 B, H, N, DK, DV = 2, 3, 5, 4, 6
 
@@ -139,3 +141,149 @@ def test_memory_state_detach_and_move_keep_values():
     d = state.detach()
     assert not d.M[0].requires_grad and d.n_layers == 1
     assert torch.equal(d.to("cpu").M[0], M.detach())
+
+
+# ---- variants (issue 11): each against its own token-by-token loop ------------------------------
+
+_VARIANT_NAMES = [n for n in VARIANTS if n != "paper"]  # the paper's has the loop tests above
+
+
+def _features_ref(x: torch.Tensor, name: str) -> torch.Tensor:
+    """phi(x) one token at a time: ELU + 1 per element, or x / ||x|| over d_k."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for idx in torch.cartesian_prod(*(torch.arange(s) for s in x.shape[:-1])):
+        row = [float(t) for t in x[tuple(idx)]]
+        if VARIANTS[name].features is sigma:
+            out[tuple(idx)] = torch.tensor([_sigma_ref(t) for t in row], dtype=torch.float64)
+        else:
+            norm = math.sqrt(sum(t * t for t in row))
+            out[tuple(idx)] = torch.tensor([t / norm for t in row], dtype=torch.float64)
+    return out
+
+
+def _held_ref(f: list[float], M: torch.Tensor, z: list[float], normaliser: str) -> list[float]:
+    """What memory returns for one feature row f: sum_d f_d M[d] (over sum_d f_d z_d with a z)."""
+    num = [sum(f[d] * float(M[d, e]) for d in range(len(f))) for e in range(M.shape[1])]
+    if normaliser in ("z", "corrected-z"):
+        den = sum(f[d] * z[d] for d in range(len(f)))
+        return [x / den for x in num]
+    if normaliser == "rms":
+        rms = math.sqrt(sum(x * x for x in num) / len(num) + 1e-6)
+        return [x / rms for x in num]
+    return num
+
+
+def _variant_read_ref(fq, M, z, normaliser):
+    out = torch.zeros(*fq.shape[:-1], M.shape[-1], dtype=torch.float64)
+    for b in range(fq.shape[0]):
+        for h in range(fq.shape[1]):
+            zb = [float(x) for x in z[b, h]]
+            for t in range(fq.shape[2]):
+                f = [float(x) for x in fq[b, h, t]]
+                out[b, h, t] = torch.tensor(_held_ref(f, M[b, h], zb, normaliser), dtype=torch.float64)
+    return out
+
+
+def _variant_update_ref(fk, v, M, z, rule, normaliser):
+    """Token by token: M += f^T (v [- held_old(f)]); z += gamma f, gamma = max(0, 1 - f.z_old/|f|^2)
+    for corrected-z, else 1. The write's retrieval (delta) never normalises by RMS."""
+    M_new, z_new = M.double().clone(), z.double().clone()
+    held_norm = "none" if normaliser == "rms" else normaliser
+    for b in range(fk.shape[0]):
+        for h in range(fk.shape[1]):
+            z_old = [float(x) for x in z[b, h]]
+            for t in range(fk.shape[2]):
+                f = [float(x) for x in fk[b, h, t]]
+                v_t = [float(x) for x in v[b, h, t]]
+                if rule == "delta":
+                    held = _held_ref(f, M[b, h], z_old, held_norm)
+                    v_t = [a - c for a, c in zip(v_t, held, strict=True)]
+                g = 1.0
+                if normaliser == "corrected-z":
+                    g = max(
+                        0.0, 1.0 - sum(a * c for a, c in zip(f, z_old, strict=True)) / sum(a * a for a in f)
+                    )
+                for d in range(DK):
+                    M_new[b, h, d] += f[d] * torch.tensor(v_t, dtype=torch.float64)
+                    z_new[b, h, d] += g * f[d]
+    return M_new, z_new
+
+
+@pytest.mark.parametrize("name", _VARIANT_NAMES)
+def test_variant_features_match_the_loop(name):
+    x = _rand(B, H, N, DK, seed=30).float()
+    out = VARIANTS[name].features(x)
+    assert out.dtype == torch.float32
+    assert_close(out.double(), _features_ref(x, name), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", _VARIANT_NAMES)
+def test_variant_read_matches_the_loop(name):
+    var = VARIANTS[name]
+    fk = var.features(_rand(B, H, N, DK, seed=31).float())
+    M, z = var.update(fk, _rand(B, H, N, DV, seed=32).float(), None, None, rule="linear")
+    fq = var.features(_rand(B, H, N, DK, seed=33).float())
+    assert_close(
+        var.read(fq, M, z).double(), _variant_read_ref(fq, M, z, var.normaliser), rtol=1e-5, atol=1e-5
+    )
+    assert var.read(fq, None, None) is None
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("name", _VARIANT_NAMES)
+def test_variant_update_matches_the_loop(name, rule):
+    var = VARIANTS[name]
+    fk0 = var.features(_rand(B, H, N, DK, seed=34).float())
+    M, z = var.update(fk0, _rand(B, H, N, DV, seed=35).float(), None, None, rule=rule)
+    fk, v = var.features(_rand(B, H, N, DK, seed=36).float()), _rand(B, H, N, DV, seed=37).float()
+    M_ref, z_ref = _variant_update_ref(fk, v, M, z, rule, var.normaliser)
+    M_new, z_new = var.update(fk, v, M, z, rule=rule)
+    assert M_new.dtype == z_new.dtype == torch.float32
+    assert_close(M_new.double(), M_ref, rtol=1e-5, atol=1e-5)
+    assert_close(z_new.double(), z_ref, rtol=1e-5, atol=1e-5)
+    first_M, first_z = var.update(fk, v, None, None, rule=rule)  # empty memory: the plain outer product
+    assert_close(
+        first_M.double(), torch.einsum("bhnd,bhne->bhde", fk.double(), v.double()), rtol=1e-5, atol=1e-5
+    )
+    assert_close(first_z, fk.sum(2))
+
+
+def test_paper_variant_is_the_papers_equations():
+    var = VARIANTS["paper"]
+    M, z = _memory(seed=38)
+    x, v = _rand(B, H, N, DK, seed=39).float(), _rand(B, H, N, DV, seed=40).float()
+    assert torch.equal(var.features(x), sigma(x))
+    assert torch.equal(var.read(sigma(x), M, z), read_memory(sigma(x), M, z))
+    for rule in ("linear", "delta"):
+        for a, b in zip(
+            var.update(sigma(x), v, M, z, rule=rule), update_memory(sigma(x), v, M, z, rule=rule), strict=True
+        ):
+            assert torch.equal(a, b)
+
+
+def test_armt_normaliser_does_not_grow_when_a_stored_key_is_written_again():
+    var = VARIANTS["armt"]
+    fk, v = sigma(_rand(1, 1, 1, DK, seed=41)), _rand(1, 1, 1, DV, seed=42).float()
+    M, z = var.update(fk, v, None, None, rule="delta")
+    _, z_paper = VARIANTS["paper"].update(fk, v, M, z, rule="delta")
+    _, z_armt = var.update(fk, v, M, z, rule="delta")
+    assert_close(z_armt, z)  # already held: gamma = 0
+    assert_close(z_paper, 2 * z)  # the paper's z counts the key twice
+
+
+@pytest.mark.parametrize("name", ["l2", "l2-rms"])
+def test_l2_delta_rule_erases_and_rewrites_a_key(name):
+    """With unit keys, re-writing key k with a new value makes k read back the new value exactly."""
+    var = VARIANTS[name]
+    fk = var.features(_rand(1, 1, 1, DK, seed=43).float())
+    v1, v2 = _rand(1, 1, 1, DV, seed=44).float(), _rand(1, 1, 1, DV, seed=45).float()
+    M, z = var.update(fk, v1, None, None, rule="delta")
+    M, z = var.update(fk, v2, M, z, rule="delta")
+    assert_close(fk @ M, v2, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_variant_names_the_choices():
+    choices = "choose one of paper, armt, l2, l2-rms"
+    with pytest.raises(ConfigError, match=f"unknown memory variant 'nope': {choices}"):
+        get_variant("nope")
+    assert get_variant("armt") is VARIANTS["armt"]

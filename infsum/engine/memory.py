@@ -4,6 +4,10 @@ Equation numbers follow the paper: (3) the read (with sigma = ELU + 1), (4) the 
 (5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``patch.py``
 calls these once per layer per segment.
 
+Beside the paper's rules, ``VARIANTS`` holds memory variants (feature map + normaliser) that address
+why the paper's memory dilutes (docs/infini-attention.md): z grows with every token written, and
+ELU + 1 features make every token match every query a little. ``"paper"`` is eqs (3)-(5) unchanged.
+
 Axis letters: b batch, h key/value heads, n tokens (query heads of one kv group folded in for reads),
 d d_key, e d_value. M and z are always float32, whatever the model's dtype (half precision overflows
 after a few hundred thousand tokens, see docs/infini-attention.md).
@@ -11,17 +15,23 @@ after a few hundred thousand tokens, see docs/infini-attention.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infsum.errors import ConfigError
+
 Rule = Literal["delta", "linear"]
 
 # the normaliser sigma(q) z is a sum of positive terms once anything was written; the floor only
 # turns the "nothing written yet" case (z = 0, M = 0) into a read of exactly 0 instead of 0/0
 _DENOM_FLOOR = 1e-30
+# keeps 1/rms finite for a read of (almost) nothing, e.g. a query orthogonal to every stored key
+_RMS_EPS = 1e-6
 
 
 class MemoryState(NamedTuple):
@@ -102,3 +112,87 @@ def gate(a_mem: Tensor | None, a_dot: Tensor, beta: Tensor) -> Tensor:
     if a_mem is None:
         return ((1.0 - g) * a_dot.float()).to(a_dot.dtype)
     return (g * a_mem + (1.0 - g) * a_dot.float()).to(a_dot.dtype)  # eq (6)
+
+
+# ---- variants -----------------------------------------------------------------------------------
+
+Normaliser = Literal["z", "corrected-z", "none", "rms"]
+
+
+def l2_features(x: Tensor) -> Tensor:
+    """x / ||x|| over d_k (per head, per token), float32: unit keys make the delta rule exact."""
+    return F.normalize(x.float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class MemoryVariant:
+    """A memory variant: the feature map phi applied to Q and K, and how the read is normalised.
+
+    normaliser ``z``: the paper's phi(q) M / (phi(q) z), z += sum_t phi(k_t) (eqs 3-5).
+    ``corrected-z``: the same read, but z += sum_t gamma_t phi(k_t) with gamma_t = max(0, 1 -
+    phi(k_t) z / ||phi(k_t)||^2) (ARMT's correction): a key whose direction z already holds adds
+    nothing, so re-writing stored facts and repeated filler stop inflating the denominator.
+    ``none``: phi(q) M with no denominator, ``rms``: phi(q) M divided by its RMS over d_v (DeltaNet's
+    read normalisation, without a learned gain: the gate and W_O set the scale). With these two, z
+    still accumulates sum_t phi(k_t), unused by the read, so every variant's state has one layout.
+    """
+
+    name: str
+    features: Callable[[Tensor], Tensor]
+    normaliser: Normaliser
+    summary: str
+
+    def read(self, fq: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor | None:
+        """A_mem for fq = phi(Q) (b, h_kv, n, d_k), float32; ``None`` for an empty memory."""
+        if M is None or z is None:
+            return None
+        if self.normaliser in ("z", "corrected-z"):
+            return read_memory(fq, M, z)
+        out = fq @ M  # (b, h, n, e)
+        if self.normaliser == "rms":
+            out = out * torch.rsqrt(out.pow(2).mean(dim=-1, keepdim=True) + _RMS_EPS)
+        return out
+
+    def update(
+        self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None, *, rule: Rule = "delta"
+    ) -> tuple[Tensor, Tensor]:
+        """Write one segment, fk = phi(K) (b, h_kv, n, d_k), v (b, h_kv, n, d_v) -> new (M, z), float32.
+
+        linear: M += phi(K)^T V; delta: M += phi(K)^T (V - retrieved), where retrieved is what the
+        memory returns for phi(K) before this segment (the z ratio for ``z``/``corrected-z``, phi(K) M
+        for ``none``/``rms``: with unit keys that makes a re-write of key k replace its value exactly).
+        """
+        if self.normaliser == "z":
+            return update_memory(fk, v, M, z, rule=rule)  # the paper's equations, unchanged
+        if rule not in ("delta", "linear"):
+            raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig is typed
+        v = v.float()
+        if M is None or z is None:
+            return fk.transpose(-1, -2) @ v, fk.sum(dim=-2)
+        if rule == "delta":
+            held = _retrieve(fk, M, z) if self.normaliser == "corrected-z" else fk @ M
+            v = v - held
+        dz = fk.sum(dim=-2)  # (b, h, d)
+        if self.normaliser == "corrected-z":
+            sq_norm = fk.pow(2).sum(dim=-1, keepdim=True).clamp_min(_DENOM_FLOOR)  # (b, h, n, 1)
+            g = (1.0 - (fk @ z.unsqueeze(-1)) / sq_norm).clamp_min(0.0)  # share of phi(k) z lacks
+            dz = (g * fk).sum(dim=-2)
+        return M + fk.transpose(-1, -2) @ v, z + dz
+
+
+VARIANTS: dict[str, MemoryVariant] = {
+    v.name: v
+    for v in (
+        MemoryVariant("paper", sigma, "z", "ELU+1 features, z sums every key (the paper)"),
+        MemoryVariant("armt", sigma, "corrected-z", "ELU+1 features, z grows only by what it lacks (ARMT)"),
+        MemoryVariant("l2", l2_features, "none", "L2-normalised features, read without a denominator"),
+        MemoryVariant("l2-rms", l2_features, "rms", "L2-normalised features, read RMS-normalised"),
+    )
+}
+
+
+def get_variant(name: str) -> MemoryVariant:
+    """The registered variant ``name``; ConfigError naming the choices if there is none."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown memory variant {name!r}: choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]

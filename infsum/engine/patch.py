@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
 from infsum.engine.lora import LORA_MARKER, add_lora_from_state
-from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
+from infsum.engine.memory import MemoryState, gate, get_variant
 from infsum.errors import CheckpointError, ConfigError, PatchError
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # config.model_type values with the Llama layer layout
@@ -76,6 +76,7 @@ class InfiniModel(nn.Module):
         c = hf_model.config
         self.hf = hf_model
         self.cfg = cfg
+        self.variant = get_variant(cfg.variant)  # feature map, read and update of the memory
         self.name = str(getattr(c, "_name_or_path", "") or getattr(c, "model_type", "model"))
         self.n_layers = c.num_hidden_layers
         self.n_heads = c.num_attention_heads
@@ -156,8 +157,8 @@ class InfiniModel(nn.Module):
         Ms, zs = [], []
         for i in range(self.n_layers):
             M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
-            sk = sigma(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
-            M, z = update_memory(sk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
+            fk = self.variant.features(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
+            M, z = self.variant.update(fk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
             Ms.append(M)
             zs.append(z)
         return MemoryState(tuple(Ms), tuple(zs))
@@ -237,10 +238,10 @@ class InfiniModel(nn.Module):
         a_mem = None
         if self.cfg.enabled and M is not None:
             # query head j belongs to kv head j // g (HF's repeat_kv): fold the g heads into n
-            sq = sigma(q.reshape(b, kh, g * n, d))  # (b, k, g*n, d), before RoPE
-            a_mem = read_memory(sq, M, z).view(b, kh * g, n, d)  # read before the update
+            fq = self.variant.features(q.reshape(b, kh, g * n, d))  # (b, k, g*n, d), before RoPE
+            a_mem = self.variant.read(fq, M, z).view(b, kh * g, n, d)  # read before the update
         if write:
-            M, z = update_memory(sigma(k), v, M, z, rule=self.cfg.update)  # keys before RoPE
+            M, z = self.variant.update(self.variant.features(k), v, M, z, rule=self.cfg.update)
 
         qr, kr = _rotate(q, cos, sin), _rotate(k, cos, sin)  # RoPE only on the local path
         if cache is not None:
@@ -355,8 +356,8 @@ def save_adapter(model: InfiniModel, path: str | Path, card: dict[str, Any]) -> 
 def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
     """Load Infini parameters saved by ``save_adapter`` into ``model`` -> the adapter's card.
 
-    Never unpickles. Raises CheckpointError for a missing or damaged file, or names/shapes that do
-    not match this model.
+    Never unpickles. Raises CheckpointError for a missing or damaged file, a card whose memory
+    variant or update rule differs from the model's MemoryConfig, or names/shapes that do not match.
     """
     path = Path(path)
     if not path.is_file():
@@ -367,6 +368,13 @@ def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
             card = json.loads((f.metadata() or {}).get("card", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"adapter {path} is damaged ({e}): save it again") from e
+    mem = card.get("memory") or {}  # cards written before variants existed hold the paper's
+    got = (mem.get("variant", "paper"), mem.get("update", model.cfg.update))
+    if got != (model.cfg.variant, model.cfg.update):
+        raise CheckpointError(
+            f"adapter {path} was trained with the {got[0]} memory variant and the {got[1]} rule, this "
+            f"model uses {model.cfg.variant} and {model.cfg.update}: use the adapter's settings or retrain"
+        )
     if any(LORA_MARKER in k for k in tensors):
         # the adapter carries low-rank weights: wrap the projections it names first (in place, on
         # the HF model this InfiniModel runs; projections already wrapped are left alone)

@@ -31,7 +31,7 @@ class ReaderState:
     """What the reader knows after some tokens: complete segments in memory, the rest pending.
 
     ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
-    token read; ``segment_len``, ``update`` and ``model_name`` say how the memory was built.
+    token read; ``segment_len``, ``update``, ``model_name`` and ``variant`` say how the memory was built.
     ``recent`` holds the ids of the last segment already written into memory: generation re-reads
     the end of it locally when the pending tail is short (see ``InfiniReader.generate``).
     """
@@ -43,6 +43,7 @@ class ReaderState:
     update: str
     model_name: str
     recent: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    variant: str = "paper"
 
 
 class InfiniReader:
@@ -61,7 +62,13 @@ class InfiniReader:
     def empty(self) -> ReaderState:
         """The state before any token was read."""
         return ReaderState(
-            None, torch.empty(0, dtype=torch.long), 0, self.cfg.segment_len, self.cfg.update, self.model.name
+            None,
+            torch.empty(0, dtype=torch.long),
+            0,
+            self.cfg.segment_len,
+            self.cfg.update,
+            self.model.name,
+            variant=self.cfg.variant,
         )
 
     @torch.inference_mode()
@@ -180,12 +187,18 @@ class InfiniReader:
         return out
 
     def _check(self, state: ReaderState) -> ReaderState:
-        """Raise CheckpointError if ``state`` was built with another segment length, rule or model."""
+        """Raise CheckpointError if ``state`` was built with another segment length, rule, variant or
+        model."""
         if state.segment_len != self.cfg.segment_len or state.update != self.cfg.update:
             raise CheckpointError(
                 f"state was read with segment length {state.segment_len} and the "
                 f"{state.update} rule, this reader uses {self.cfg.segment_len} and "
                 f"{self.cfg.update}: read the book again or match the settings"
+            )
+        if state.variant != self.cfg.variant:
+            raise CheckpointError(
+                f"state was read with the {state.variant} memory variant, this reader uses "
+                f"{self.cfg.variant}: read the book again or match the settings"
             )
         m = self.model
         want = (m.n_layers, m.n_kv, m.head_dim)
@@ -263,6 +276,7 @@ def save_state(state: ReaderState, path: str | Path) -> None:
         "segment_len": str(seg),
         "update": state.update,
         "model": state.model_name,
+        "variant": state.variant,
     }
     save_file(tensors, str(path), metadata=meta)
 
@@ -294,6 +308,7 @@ def load_state(path: str | Path) -> ReaderState:
             meta["update"],
             meta.get("model", ""),
             tensors["recent"][:n_recent].clone(),
+            meta.get("variant", "paper"),  # files saved before variants existed hold the paper's
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
