@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from infsum.config import MemoryConfig
 from infsum.engine.memory import MemoryState, sigma
 from infsum.engine.patch import convert, load_adapter, save_adapter
-from infsum.errors import CheckpointError, PatchError
+from infsum.errors import CheckpointError, ConfigError, PatchError
 
 SEG = 32
 
@@ -227,3 +227,16 @@ def test_closed_memory_gives_the_hf_logits_for_other_llama_family_models(arch):
         want = model(ids).logits
         got, _ = convert(model, MemoryConfig(segment_len=SEG, enabled=False))(ids, None)
     assert_close(got, want)
+
+
+def test_an_adapter_for_another_memory_variant_is_refused(hf, tmp_path):
+    model = convert(hf, MemoryConfig(segment_len=SEG))
+    save_adapter(model, tmp_path / "a.safetensors", {"memory": {"variant": "paper", "update": "delta"}})
+    with pytest.raises(CheckpointError, match="a.safetensors"):
+        load_adapter(convert(hf, MemoryConfig(segment_len=SEG, variant="armt")), tmp_path / "a.safetensors")
+    load_adapter(convert(hf, MemoryConfig(segment_len=SEG)), tmp_path / "a.safetensors")  # a match loads
+
+
+def test_an_unknown_memory_variant_names_the_choices(hf):
+    with pytest.raises(ConfigError, match="choose one of paper, armt, l2, l2-rms"):
+        convert(hf, MemoryConfig(segment_len=SEG, variant="nope"))

@@ -279,3 +279,14 @@ def test_peak_memory_does_not_grow_with_length(streamed):
 
 def test_state_file_size_is_the_same_for_10k_and_1m_tokens(streamed):
     assert streamed[10_000][1] == streamed[1_000_000][1]
+
+
+def test_a_state_from_another_memory_variant_is_refused(reader, tmp_path):
+    state = reader.read(_ids(3 * SEG))
+    save_state(state, tmp_path / "s.safetensors")
+    loaded = load_state(tmp_path / "s.safetensors")
+    assert loaded.variant == "paper"
+    l2 = InfiniReader(convert(reader.model.hf, MemoryConfig(segment_len=SEG, variant="l2")))
+    with pytest.raises(CheckpointError, match="paper memory variant, this reader uses l2"):
+        l2.generate(loaded, [1, 2, 3], GREEDY)
+    assert len(l2.generate(l2.read(_ids(3 * SEG)), [1, 2, 3], GREEDY)) > 0  # its own state works
