@@ -65,6 +65,13 @@ def get(name: str) -> int:
     return bound
 
 
+def over_mb(name: str, size: int) -> tuple[int, int] | None:
+    """(size in whole MB rounded up, the bound in MB) when ``size`` bytes exceed the MB bound ``name``;
+    None when they fit."""
+    limit = get(name)
+    return (-(-size // MB), limit) if size > limit * MB else None
+
+
 def raise_hint(name: str, needed: int) -> str:
     """The fix part of a message: which variable to set, to at least ``needed``."""
     return f"set {env_name(name)}={needed} (or more) to allow it"

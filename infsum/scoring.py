@@ -113,9 +113,8 @@ def read_text_file(path: str | Path, what: str = "reference") -> str:
     p = Path(path)
     if not p.is_file():
         raise ScoringError(f"{p}: {what} file not found; check the path")
-    size, limit = p.stat().st_size, limits.get("MAX_SCORE_MB")
-    if size > limit * limits.MB:
-        need = -(-size // limits.MB)
+    if over := limits.over_mb("MAX_SCORE_MB", p.stat().st_size):
+        need, limit = over
         raise ScoringError(
             f"{p}: {what} file is {need} MB, over the {limit} MB limit for scoring; "
             f"{limits.raise_hint('MAX_SCORE_MB', need)}"

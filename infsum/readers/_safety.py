@@ -38,9 +38,8 @@ def _escapes(name: str) -> bool:
 
 def check_size(path: Path, bound: str) -> None:
     """Refuse a file larger than the bound ``bound`` (in MB) by its size on disk, before reading it."""
-    size, limit = path.stat().st_size, limits.get(bound)
-    if size > limit * MB:
-        need = -(-size // MB)
+    if over := limits.over_mb(bound, path.stat().st_size):
+        need, limit = over
         raise TooLargeError(
             f"{path}: {need} MB, over the {limit} MB limit for a book; {limits.raise_hint(bound, need)}"
         )
@@ -66,9 +65,8 @@ def _check_totals(path: Path, infos: list[zipfile.ZipInfo]) -> None:
         markup += info.file_size if info.filename.lower().endswith(MARKUP_SUFFIXES) else 0
     checks = (("MAX_UNPACKED_MB", total, "its entries"), ("MAX_MARKUP_MB", markup, "its text"))
     for bound, size, what in checks:
-        limit = limits.get(bound)
-        if size > limit * MB:
-            need = -(-size // MB)
+        if over := limits.over_mb(bound, size):
+            need, limit = over
             raise UnsafeDocumentError(
                 f"{path}: {what} unpack to {need} MB, over the {limit} MB limit; refusing a possible "
                 f"zip bomb ({limits.raise_hint(bound, need)})"
@@ -101,9 +99,9 @@ def check_zip(path: Path) -> None:
 def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
     if _escapes(info.filename):
         raise UnsafeDocumentError(f"{path}: entry {info.filename!r} points outside the archive; refusing")
-    limit, ratio = limits.get("MAX_ENTRY_MB"), limits.get("MAX_RATIO")
-    if info.file_size > limit * MB:
-        need = -(-info.file_size // MB)
+    ratio = limits.get("MAX_RATIO")
+    if over := limits.over_mb("MAX_ENTRY_MB", info.file_size):
+        need, limit = over
         raise UnsafeDocumentError(
             f"{path}: entry {info.filename!r} unpacks to {need} MB, over the {limit} MB limit; refusing "
             f"a possible zip bomb ({limits.raise_hint('MAX_ENTRY_MB', need)})"
