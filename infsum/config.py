@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Literal
 
 UpdateRule = Literal["delta", "linear"]
+UPDATE_RULES: tuple[UpdateRule, ...] = ("delta", "linear")  # the memory update rules (see engine/memory.py)
+DEFAULT_SEGMENT_LEN = 2048  # the paper's segment length: inference default everywhere
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
     """How the Infini-attention memory is built and used."""
 
-    segment_len: int = 2048  # the paper's segment length; positions restart at 0 in every segment
+    segment_len: int = DEFAULT_SEGMENT_LEN  # positions restart at 0 in every segment
     update: UpdateRule = "delta"  # delta rule by default (the paper's best row)
     gate_init: float = -6.0  # sigmoid(-6) ~ 0.0025: an untrained conversion leans on local attention
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
