@@ -80,12 +80,17 @@ def score(summary: str, references: Sequence[str]) -> RougeScores:
     _check_tokens(summary, "summary")
     for r in refs:
         _check_tokens(r, "reference")
-    # ROUGE-Lsum reads one sentence per line
-    lines = ["\n".join(split_sentences(r)) for r in refs]
-    result = _scorer().score_multi(lines, "\n".join(split_sentences(summary)))
+    result = _scorer().score_multi([_lsum_lines(r) for r in refs], _lsum_lines(summary))
     return RougeScores(
         **{m: Rouge(result[m].precision, result[m].recall, result[m].fmeasure) for m in METRICS}
     )
+
+
+def _lsum_lines(text: str) -> str:
+    """One sentence per line, as ROUGE-Lsum reads it. A line break in a summary is meaningful (one
+    item per line, often without an end mark), so every line is split on its own, unlike a book's
+    hard-wrapped paragraphs."""
+    return "\n".join(s for line in text.splitlines() for s in split_sentences(line))
 
 
 def _check_tokens(text: str, what: str, path: Path | None = None) -> None:
