@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from .. import __version__
 from ..errors import InfsumError
@@ -45,7 +44,7 @@ class DefaultCommandGroup(TyperGroup):
     hidden ``summarize``; an ``InfsumError`` from any command becomes one red line on stderr and exit
     code 2."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         """``args`` with ``summarize`` put in front of a first argument that names no command."""
         n = 0
         while n < len(args) and self._is_root_flag(args[n]):
@@ -59,13 +58,13 @@ class DefaultCommandGroup(TyperGroup):
         flags = {
             opt
             for p in self.params
-            if isinstance(p, click.Option) and (p.is_flag or p.count) and not p.is_eager
+            if isinstance(p, TyperOption) and (p.is_flag or p.count) and not p.is_eager
             for opt in p.opts
         }
         short = {f[1] for f in flags if len(f) == 2}
         return arg in flags or (len(arg) > 1 and arg[0] == "-" and arg[1] != "-" and set(arg[1:]) <= short)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         """Run the command; an ``InfsumError`` becomes ``error: <message>`` in red and exit code 2."""
         try:
             return super().invoke(ctx)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-import click
+import typer
 
 LOGGER = "infsum"
 
@@ -21,7 +21,7 @@ class StderrLines(logging.Handler):
         """One line: the level in lower case, the message with its line breaks flattened."""
         try:
             message = " ".join(record.getMessage().split("\n"))
-            click.echo(f"{record.levelname.lower()}: {message}", err=True)
+            typer.echo(f"{record.levelname.lower()}: {message}", err=True)
         except Exception:  # a logging call must never break the command
             self.handleError(record)
 
@@ -29,7 +29,7 @@ class StderrLines(logging.Handler):
 _handler = StderrLines()
 
 
-def configure(ctx: click.Context, verbosity: int) -> None:
+def configure(ctx: typer.Context, verbosity: int) -> None:
     """Show the ``infsum`` logger on stderr for the command run under ``ctx``: from warnings
     (verbosity 0), info (1) or debug (2 and more); undone when ``ctx`` closes."""
     logger = logging.getLogger(LOGGER)
