@@ -3,9 +3,10 @@
 ``RunOptions`` holds the model, memory and generation options of the commands that run a model.
 A command takes them as one ``run: RunOptions`` parameter and the ``run_options`` decorator puts
 them on its command line: every field for ``summarize`` and ``batch``, ``MODEL_FIELDS`` for
-``passkey``. A new shared option is a field of ``RunOptions`` (and a line in ``RunOptions.config``);
-nothing else changes. Choices come from the library's registries: update rules, strategies, book
-suffixes; memory variants are checked against theirs only when given (it imports torch).
+``passkey``. A new shared option is a field of ``RunOptions``, a line in ``RunOptions.config`` and,
+if passkey takes it too, a name in ``MODEL_FIELDS``: this file only. Choices come from the
+library's registries (update rules, strategies, book suffixes); a memory variant is checked against
+its registry only when one is given, as that registry imports torch.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class RunOptions:
 
 
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
-# passkey loads a model and its memory but writes no summary; its own --seed seeds the prompts
+# passkey: the model and memory options only (it writes no summary; its own --seed seeds the prompts)
 MODEL_FIELDS = ("model", "segment_len", "memory", "memory_variant", "adapter", "no_adapter", "device")
 
 
