@@ -1,11 +1,16 @@
 """Every error infsum raises for a user to act on, in one place.
 
 Policy (after pypdf):
-- raise an ``InfsumError`` subclass when the caller must handle the case (a missing file, a book
-  with no text, a model that cannot be loaded); the CLI prints its message as one line and exits 2;
-- call ``warnings.warn`` when the user must change how they call infsum;
-- log (``logging.getLogger("infsum")``) when infsum recovered by itself (a broken EPUB chapter,
-  an image-only page inside an otherwise readable PDF).
+- raise an ``InfsumError`` subclass when the caller must handle the case or change the call (a
+  missing file, a book with no text, a model that cannot be loaded, an invalid option value); the
+  CLI prints its message as one line and exits 2;
+- log on ``logging.getLogger("infsum")`` when infsum recovered by itself: a warning when something
+  was left out (a broken EPUB chapter, an unreadable PDF page), info when nothing was (a text file
+  read as Windows-1252, an image-only page inside an otherwise readable PDF).
+
+Library code never calls ``warnings.warn`` and leaves showing the log to its caller: the CLI shows
+warnings on stderr as ``warning: ...`` lines (hidden by a command's --quiet), info with -v and debug
+with -vv.
 
 Messages name the file and the fix, and fit on one line.
 """

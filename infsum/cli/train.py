@@ -1,8 +1,4 @@
-"""The memory commands of the CLI: ``infsum passkey`` and ``infsum train`` (parsing and rendering only).
-
-Registered on the main Typer app by ``infsum.cli``; the work is in ``infsum.passkey`` and
-``infsum.training``.
-"""
+"""``infsum train``: train a model's memory gates and LoRA into an adapter file (+ .json card)."""
 
 from __future__ import annotations
 
@@ -14,99 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli import Adapter, Device, Memory, Model, NoAdapter, Quiet, SegmentLen
-from .config import MemoryConfig, SummarizeConfig
-
-Lengths = Annotated[
-    str, typer.Option(help="Sample lengths in tokens, comma-separated (k suffix allowed): 4k,16k,64k.")
-]
-Depths = Annotated[str, typer.Option(help="Key depths as fractions of the filler, comma-separated.")]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    """'4k,16384' -> (4096, 16384)."""
-    try:
-        return tuple(
-            int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x)
-            for x in text.split(",")
-            if x.strip()
-        )
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of token counts") from None
-
-
-def _floats(text: str, n: int | None = None) -> tuple[float, ...]:
-    """'0,0.5,1' -> (0.0, 0.5, 1.0); n = how many values are required."""
-    try:
-        out = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
-    if n is not None and len(out) != n:
-        raise typer.BadParameter(f"{text!r} needs exactly {n} comma-separated numbers")
-    return out
-
-
-def passkey_command(
-    lengths: Lengths = "4k,16k,64k",
-    depths: Depths = "0,0.25,0.5,0.75,1",
-    trials: Annotated[int, typer.Option(min=1, help="Samples per length and depth.")] = 5,
-    model: Model = None,
-    segment_len: SegmentLen = 2048,
-    memory: Memory = "on",
-    adapter: Adapter = None,
-    no_adapter: NoAdapter = False,
-    device: Device = "auto",
-    filler: Annotated[
-        list[Path] | None, typer.Option(metavar="FILE", help="Prose filler (.txt or .txt.gz); repeatable.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of keys and filler (same prompts for every model).")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print every trial as JSON.")] = False,
-    quiet: Quiet = False,
-) -> None:
-    """The passkey test: a key hidden in filler at each depth, asked for at the end, answered greedily."""
-    from rich.progress import Progress
-
-    from .passkey import run_passkey
-    from .pipeline import Summarizer
-
-    cfg = SummarizeConfig(
-        model=model,
-        device=device,
-        memory=MemoryConfig(segment_len=segment_len),
-        adapter=None if no_adapter else (str(adapter) if adapter else "default"),
-    )
-    summarizer = Summarizer(cfg)
-    infini, adapter_path = summarizer.infini(lambda step: None)
-    tokenizer = summarizer.loaded(lambda step: None).tokenizer
-    with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
-        task = bar.add_task("passkey trials", total=None)
-        report = run_passkey(
-            infini,
-            tokenizer=tokenizer,
-            lengths=_ints(lengths),
-            depths=_floats(depths),
-            trials=trials,
-            segment_len=segment_len,
-            memory=memory == "on",
-            seed=seed,
-            filler=tuple(filler or ()),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    if json_out:
-        typer.echo(
-            json.dumps({**report.to_dict(), "adapter": str(adapter_path) if adapter_path else None}, indent=2)
-        )
-        return
-    table = Table(
-        title=f"passkey accuracy ({trials} trials per cell, memory {memory}, "
-        f"{'adapter ' + adapter_path.name if adapter_path else 'no adapter'})"
-    )
-    table.add_column("tokens", justify="right")
-    for d in report.depths:
-        table.add_column(f"depth {d:g}", justify="right")
-    for n, accs in report.rows():
-        table.add_row(f"{n:,}", *(f"{a:.0%}" for a in accs))
-    Console().print(table)
+from .options import DEFAULT_VARIANT, Device, MemoryVariant, Model, Quiet, float_list
 
 
 def train_command(
@@ -129,6 +33,7 @@ def train_command(
     lr: Annotated[float, typer.Option(help="Learning rate of LoRA (or every weight).")] = 3e-4,
     gate_lr: Annotated[float, typer.Option(help="Learning rate of the gates (no weight decay).")] = 5e-2,
     gate_init: Annotated[float, typer.Option(help="Initial gate beta (memory share: sigmoid).")] = -2.0,
+    memory_variant: MemoryVariant = DEFAULT_VARIANT,
     rank: Annotated[int, typer.Option(min=0, help="LoRA rank on q/k/v/o; 0 trains the gates only.")] = 8,
     full_finetune: Annotated[bool, typer.Option(help="Train every weight (also writes a model).")] = False,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Resumable checkpoints go here.")] = None,
@@ -142,8 +47,8 @@ def train_command(
     """Train the memory gates and LoRA of a model; run under `accelerate launch` for several GPUs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .config import TrainConfig
-    from .training import train
+    from ..config import TrainConfig
+    from ..training import train
 
     lo, _, hi = segments.partition("-")
     if not (lo.isdigit() and hi.isdigit()):
@@ -159,9 +64,10 @@ def train_command(
         lr=lr,
         gate_lr=gate_lr,
         gate_init=gate_init,
+        variant=memory_variant,
         lora_rank=rank,
         full_finetune=full_finetune,
-        mix=_floats(mix, 3),
+        mix=float_list(mix, 3),
         corpus=tuple(corpus or ()),
         exclude=tuple(exclude or ()),
         summaries=tuple(summaries or ()),
@@ -202,9 +108,3 @@ def train_command(
         f"{result.seconds / 60:.1f}",
     )
     Console().print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``passkey`` and ``train`` to ``app``."""
-    app.command("passkey")(passkey_command)
-    app.command("train")(train_command)

@@ -1,0 +1,186 @@
+"""The options several commands share, defined once, and the one builder of ``SummarizeConfig``.
+
+``RunOptions`` holds the model, memory and generation options of the commands that run a model.
+A command takes them as one ``run: RunOptions`` parameter and the ``run_options`` decorator puts
+them on its command line: every field for ``summarize`` and ``batch``, ``MODEL_FIELDS`` for
+``passkey``. A new shared option is a field of ``RunOptions``, a line in ``RunOptions.config`` and,
+if passkey takes it too, a name in ``MODEL_FIELDS``: this file only. Choices come from the
+library's registries (update rules, strategies, book suffixes); a memory variant is checked against
+its registry only when one is given, as that registry imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+
+from ..config import DEFAULT_SEGMENT_LEN, UPDATE_RULES, GenerationConfig, MemoryConfig, SummarizeConfig
+from ..readers import SUFFIXES
+from ..strategies import STRATEGIES
+from . import logs
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+DEFAULT_VARIANT = MemoryConfig.variant
+STRATEGY_CHOICES = ("infini", *STRATEGIES)  # the engine, then every baseline of infsum.strategies
+
+
+def memory_variant(name: str) -> str:
+    """``--memory-variant``: a key of ``infsum.engine.memory.VARIANTS``. That registry imports torch,
+    so only a name other than the default is checked here; the library checks every name again."""
+    if name != DEFAULT_VARIANT:
+        from ..engine.memory import get_variant
+        from ..errors import ConfigError
+
+        try:
+            get_variant(name)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e)) from None
+    return name
+
+
+def book_formats() -> str:
+    """The readable suffixes as prose: '.epub, .pdf, .txt or .md'."""
+    return ", ".join(SUFFIXES[:-1]) + " or " + SUFFIXES[-1]
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'4k,16384' -> (4096, 16384)."""
+    try:
+        return tuple(
+            int(float(x[:-1]) * 1024) if x.lower().endswith("k") else int(x)
+            for x in text.split(",")
+            if x.strip()
+        )
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of token counts") from None
+
+
+def float_list(text: str, n: int | None = None) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0); n = how many values are required."""
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+    if n is not None and len(out) != n:
+        raise typer.BadParameter(f"{text!r} needs exactly {n} comma-separated numbers")
+    return out
+
+
+def _quiet(value: bool) -> bool:
+    """--quiet also hides the warnings infsum logs."""
+    if value:
+        logs.silence()
+    return value
+
+
+# -- option types, each spelled once
+
+BookArg = Annotated[Path, typer.Argument(metavar="BOOK", help=f"The book: {book_formats()}.")]
+Words = Annotated[int, typer.Option(min=1, help="Target summary length in words.")]
+Model = Annotated[
+    str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")
+]
+SegmentLen = Annotated[int, typer.Option(min=1, help="Tokens per segment streamed through the model.")]
+Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
+Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
+MemoryVariant = Annotated[
+    str,
+    typer.Option(
+        parser=memory_variant,
+        metavar="NAME",
+        help="Memory variant (feature map and normaliser); see docs/design.md.",
+    ),
+]
+Temperature = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed for sampling.")]
+Device = Annotated[Literal["auto", "cpu", "cuda", "mps"], typer.Option(help="Where the model runs.")]
+Strategy = Annotated[
+    Literal[STRATEGY_CHOICES],
+    typer.Option(help="infini streams the whole book; the others are baselines (see README)."),
+]
+Adapter = Annotated[Path | None, typer.Option(help="Gate adapter file [default: the shipped one].")]
+NoAdapter = Annotated[bool, typer.Option("--no-adapter", help="Run without any gate adapter.")]
+Password = Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or messages on stderr.")
+]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The model, memory and generation options of the commands that run a model, in the order
+    their help lists them."""
+
+    words: Words = 400
+    model: Model = None
+    segment_len: SegmentLen = DEFAULT_SEGMENT_LEN
+    update: Update = "delta"
+    memory: Memory = "on"
+    memory_variant: MemoryVariant = DEFAULT_VARIANT
+    temperature: Temperature = 0.0
+    seed: Seed = None
+    device: Device = "auto"
+    strategy: Strategy = "infini"
+    adapter: Adapter = None
+    no_adapter: NoAdapter = False
+
+    def config(self, *, password: str | None = None) -> SummarizeConfig:
+        """The ``SummarizeConfig`` these options ask for."""
+        return SummarizeConfig(
+            model=self.model,
+            adapter=None if self.no_adapter else (str(self.adapter) if self.adapter else "default"),
+            device=self.device,
+            strategy=self.strategy,
+            words=self.words,
+            memory=MemoryConfig(
+                segment_len=self.segment_len,
+                update=self.update,
+                enabled=self.memory == "on",
+                variant=self.memory_variant,
+            ),
+            generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
+            password=password,
+        )
+
+
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
+# passkey: the model and memory options only (it writes no summary; its own --seed seeds the prompts)
+MODEL_FIELDS = ("model", "segment_len", "memory", "memory_variant", "adapter", "no_adapter", "device")
+
+
+def run_options(fields: Sequence[str] = RUN_FIELDS) -> Callable[[Command], Command]:
+    """Decorator: the command's ``run: RunOptions`` parameter becomes the options ``fields`` (in
+    that order, where ``run`` stands) on its command line, and reaches the command as one
+    ``RunOptions``; fields not on the command line keep their defaults."""
+    hints = typing.get_type_hints(RunOptions, include_extras=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    flat = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=hints[name]
+        )
+        for name in fields
+    ]
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        params: list[inspect.Parameter] = []
+        for p in signature.parameters.values():
+            params += flat if p.name == "run" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> Any:
+            run = RunOptions(**{name: values.pop(name) for name in fields})
+            return command(run=run, **values)
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return typing.cast(Command, wrapper)
+
+    return decorate
