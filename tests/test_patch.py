@@ -1,4 +1,4 @@
-"""InfiniModel (infsum.engine.patch): equal to the HF model with memory closed, memory per layer per
+"""InfiniModel (infsum.engine.model): equal to the HF model with memory closed, memory per layer per
 kv head written with keys before RoPE, gradients through segments, adapters (issue 3)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import transformers
 from torch.testing import assert_close
 
 from infsum.config import MemoryConfig
+from infsum.engine.adapter import load_adapter, save_adapter
 from infsum.engine.memory import MemoryState, sigma
-from infsum.engine.patch import convert, load_adapter, save_adapter
+from infsum.engine.model import convert
 from infsum.errors import CheckpointError, ConfigError, PatchError
 
 SEG = 32
@@ -116,8 +117,9 @@ def test_gates_are_one_learned_parameter_per_query_head(hf):
 @pytest.mark.parametrize("checkpoint", [False, True])
 def test_gradients_flow_through_memory_across_segments(hf, checkpoint):
     model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.0))
-    segs = list(_ids(1, 48, seed=4).split(16, dim=1))
-    outs, state = model.forward_segments(segs, checkpoint=checkpoint)
+    ids = _ids(1, 48, seed=4)
+    segs = list(ids.split(16, dim=1))
+    outs, state = model.forward_segments(ids, checkpoint=checkpoint)
     outs[-1].float().logsumexp(-1).mean().backward()
     assert isinstance(state, MemoryState) and len(outs) == 3
     grad = model.gates.grad
@@ -128,11 +130,11 @@ def test_gradients_flow_through_memory_across_segments(hf, checkpoint):
 
 def test_checkpointing_gives_the_same_gradients(hf):
     model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.5))
-    segs = list(_ids(1, 32, seed=5).split(16, dim=1))
+    ids = _ids(1, 32, seed=5)
     grads = []
     for ckpt in (False, True):
         model.zero_grad()
-        outs, _ = model.forward_segments(segs, checkpoint=ckpt)
+        outs, _ = model.forward_segments(ids, checkpoint=ckpt)
         sum(o.logsumexp(-1).mean() for o in outs).backward()
         grads.append(model.gates.grad.clone())
     assert_close(grads[0], grads[1])

@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from infsum.config import MemoryConfig, TrainConfig
+from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
-from infsum.engine.patch import InfiniModel, load_adapter
+from infsum.engine.model import InfiniModel
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
 from infsum.tokenizer import load_tokenizer

@@ -36,10 +36,6 @@ class LoRALinear(nn.Module):
         delta = (x.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., d_out)
         return self.base(x) + (self.scale * delta).to(x.dtype)
 
-    def merged_weight(self) -> torch.Tensor:
-        """W + scale * B A, for exporting a model without the adapter modules."""
-        return self.base.weight + (self.scale * self.lora_B @ self.lora_A).to(self.base.weight.dtype)
-
 
 def add_lora(
     model: nn.Module, *, rank: int = 8, alpha: float | None = None, targets: Iterable[str] = DEFAULT_TARGETS
@@ -95,9 +91,8 @@ def add_lora_from_state(
     return wrapped
 
 
-def remove_lora(model: nn.Module, *, merge: bool = False) -> int:
-    """Put the original linears back (folding ``B A`` into their weights when ``merge``); returns how
-    many adapters were removed."""
+def remove_lora(model: nn.Module) -> int:
+    """Put the original linears back (dropping their adapters); returns how many were removed."""
     found = [
         (parent, child_name, child)
         for parent in model.modules()
@@ -105,16 +100,8 @@ def remove_lora(model: nn.Module, *, merge: bool = False) -> int:
         if isinstance(child, LoRALinear)
     ]
     for parent, child_name, child in found:
-        if merge:
-            with torch.no_grad():
-                child.base.weight.copy_(child.merged_weight())
         setattr(parent, child_name, child.base)
     return len(found)
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only, keyed by their full parameter names (``...q_proj.lora_A``)."""
-    return {n: p.detach() for n, p in model.named_parameters() if LORA_MARKER in n}
 
 
 def lora_settings(model: nn.Module) -> dict[str, object] | None:
