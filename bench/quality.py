@@ -42,6 +42,7 @@ from pathlib import Path
 
 import psutil
 
+from infsum.batch import write_atomic
 from infsum.readers import Book, load_book
 from infsum.scoring import METRICS, Rouge, RougeScores, bootstrap_ci, score, summarize_scores
 from infsum.tokenizer import first_line
@@ -208,11 +209,8 @@ def item_path(run_dir: Path, strategy: str, item: Item) -> Path:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically (infsum's batch writer: temporary file, rename)."""
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _cuda_device(runner: Runner, strategy: str):

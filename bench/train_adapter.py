@@ -28,7 +28,7 @@ from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import add_lora_from_state
 from infsum.engine.model import InfiniModel
 from infsum.models import DEFAULT_MODEL, load_model
-from infsum.passkey import read_text, run_passkey
+from infsum.passkey import read_prose, run_passkey
 from infsum.tokenizer import Tokenizer
 from infsum.training import TrainProgress, sequence_loss, train, write_adapter
 
@@ -71,7 +71,7 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
                 "answers": [[r.key, r.answer] for r in rep.results],
             }
             print(f"passkey {name}: {rep.rows()}", flush=True)
-        held = tok.encode(" ".join(read_text(SHARED / "corpus" / HELD_OUT).split()))
+        held = tok.encode(" ".join(read_prose(SHARED / "corpus" / HELD_OUT).split()))
         ids = held[20000 : 20000 + args.ppl_tokens]  # a slice from the book's middle
         for seg in sorted({args.segment_len, args.eval_segment}):
             row = {"adapter": perplexity(model, ids, seg), "untrained": perplexity(untrained, ids, seg)}

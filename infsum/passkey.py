@@ -23,6 +23,7 @@ from infsum.config import DEFAULT_SEGMENT_LEN, GenerationConfig, MemoryConfig
 from infsum.engine import InfiniModel, InfiniReader
 from infsum.errors import ConfigError, EmptyDocumentError
 from infsum.models import LoadedModel
+from infsum.prompt import chat_prompt
 from infsum.tokenizer import Tokenizer
 
 INSTRUCTION = (
@@ -30,7 +31,7 @@ INSTRUCTION = (
     "Find it and memorize it. I will quiz you about it.\n\n"
 )
 KEY_SENTENCE = " The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "\n\nWhat is the pass key?"
+QUESTION = "What is the pass key?"
 ANSWER_PREFIX = "The pass key is"
 ANSWER_SLACK = 4  # tokens kept free after the key's digits: the model's next token must fit the segment
 
@@ -77,7 +78,7 @@ class FillerSource:
     @classmethod
     def from_files(cls, tokenizer: Tokenizer, paths: Sequence[Path]) -> FillerSource:
         """Prose from ``paths`` (``.gz`` or plain UTF-8 text); raises EmptyDocumentError if they hold none."""
-        texts = [read_text(Path(p)) for p in paths]
+        texts = [read_prose(Path(p)) for p in paths]
         pieces = [tokenizer.encode(" ".join(t.split())) for t in texts if t.strip()]
         if not pieces:
             raise EmptyDocumentError(f"filler files {', '.join(map(str, paths))} hold no text: pass prose")
@@ -97,8 +98,8 @@ class FillerSource:
         return out
 
 
-def read_text(path: Path) -> str:
-    """The text of a UTF-8 file, gunzipped when its name ends in ``.gz``."""
+def read_prose(path: Path) -> str:
+    """The text of a UTF-8 corpus or filler file, gunzipped when its name ends in ``.gz``."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         return f.read()
@@ -137,22 +138,21 @@ def make_sample(
     if not 0.0 <= depth <= 1.0:
         raise ConfigError(f"passkey depth {depth} is outside 0..1: pass depths such as 0,0.5,1")
     key = key or random_key(rng)
-    before, after = tokenizer.chat_parts()
-    head = tokenizer.encode_chat_scaffold(before) + tokenizer.encode(INSTRUCTION)
-    tail = tokenizer.encode(QUESTION) + tokenizer.encode_chat_scaffold(after)
-    tail += tokenizer.encode(ANSWER_PREFIX)
+    turn = chat_prompt(tokenizer, QUESTION, answer_prefix=ANSWER_PREFIX)
+    instruction = tokenizer.encode(INSTRUCTION)  # the body: the instruction, then the haystack
+    head = len(turn.opening) + len(instruction)  # tokens before the filler
     key_ids = tokenizer.encode(KEY_SENTENCE.format(key=key))
     answer = tokenizer.encode(" " + key)
-    n_fill = length - len(head) - len(key_ids) - len(tail) - len(answer) - ANSWER_SLACK
+    n_fill = length - head - len(key_ids) - len(turn.closing) - len(answer) - ANSWER_SLACK
     if n_fill < 0:
         raise ConfigError(
             f"passkey length {length} is too short for the prompt: use at least {length - n_fill} tokens"
         )
     fill = filler.take(n_fill, rng)
-    room = n_fill if key_end is None else min(n_fill, max(0, key_end - len(head) - len(key_ids)))
+    room = n_fill if key_end is None else min(n_fill, max(0, key_end - head - len(key_ids)))
     at = round(depth * room)
-    ids = head + fill[:at] + key_ids + fill[at:] + tail
-    return PasskeySample(tuple(ids), tuple(answer), key, len(head) + at, depth)
+    ids = turn.around(instruction + fill[:at] + key_ids + fill[at:])
+    return PasskeySample(tuple(ids), tuple(answer), key, head + at, depth)
 
 
 def check_answer(text: str, key: str) -> bool:

@@ -9,7 +9,6 @@ the memory, and returns a ``SummaryResult`` that the CLI renders as Markdown or 
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,16 +19,12 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import SummarizeConfig
 from .errors import ConfigError
+from .prompt import INSTRUCTION, book_tokens, chat_prompt, max_new_tokens, min_new_tokens, trim_to_sentence
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 
 if TYPE_CHECKING:
     from .models import LoadedModel
-
-INSTRUCTION = "Summarize the plot of the book above in about {words} words."
-TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
-MAX_NEW_TOKENS = 2048
-MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
 
 
 @dataclass(frozen=True)
@@ -227,8 +222,8 @@ class Summarizer:
             save_state(state, state_path)
         budget = max_new_tokens(self.cfg.words)
         gen = replace(self.cfg.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
-        prompt = tok.encode("\n\n" + INSTRUCTION.format(words=self.cfg.words))
-        prompt += tok.encode_chat_scaffold(tok.chat_parts()[1])
+        # the book (with the turn's opening) is in memory: the generation prompt closes the turn
+        prompt = list(chat_prompt(tok, INSTRUCTION.format(words=self.cfg.words)).closing)
         out: list[int] = []
         t0 = time.perf_counter()
         reader.generate(
@@ -276,48 +271,6 @@ class Summarizer:
             "device": str(loaded.device) if loaded else None,
             "generation": asdict(self.cfg.generation) if loaded else {},
         }
-
-
-_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s|$)")
-
-
-def trim_to_sentence(text: str) -> str:
-    """Drop a last sentence that the token budget cut off mid-way (when at least half the text is
-    kept); a text that ends a sentence, or has no sentence end at all, is only stripped."""
-    text = text.strip()
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    if ends and ends[-1] < len(text) and ends[-1] >= len(text) // 2:
-        return text[: ends[-1]]
-    return text
-
-
-def max_new_tokens(words: int) -> int:
-    """Generation budget for a summary of about ``words`` words."""
-    return min(math.ceil(words * TOKENS_PER_WORD), MAX_NEW_TOKENS)
-
-
-def min_new_tokens(budget: int) -> int:
-    """The fewest tokens the summary may have, ``MIN_ANSWER_SHARE`` of its ``budget``: small models
-    otherwise answer some books with one sentence and stop."""
-    return math.floor(budget * MIN_ANSWER_SHARE)
-
-
-def book_tokens(tok, book: Book) -> tuple[list[int], list[tuple[int, str]]]:
-    """Token ids of the chat's opening and the book's text, and where each chapter starts.
-
-    The text is ``Book.text`` (chapters joined by blank lines), encoded chapter by chapter so that
-    every chapter's first token is known exactly.
-    """
-    ids = tok.encode_chat_scaffold(tok.chat_parts()[0])
-    starts = []
-    first = True
-    for chapter in book.chapters:
-        if not chapter.text:
-            continue
-        starts.append((len(ids), chapter.title))
-        ids += tok.encode(chapter.text if first else "\n\n" + chapter.text)
-        first = False
-    return ids, starts
 
 
 def summarize(

@@ -18,13 +18,11 @@ from rouge_score import rouge_scorer
 
 from . import limits
 from .errors import ScoringError
+from .sentences import split_sentences
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 _TOKEN = re.compile(r"[a-z0-9]+")  # what rouge-score's tokenizer counts (after lower-casing)
-
-# a sentence ends at . ! or ? (optionally followed by closing quotes/brackets) and whitespace
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,6 @@ def geometric_mean(values: Sequence[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def split_sentences(text: str) -> str:
-    """Put every sentence on its own line, as ROUGE-Lsum expects."""
-    lines = []
-    for para in text.splitlines():
-        lines.extend(s.strip() for s in _SENTENCE_END.split(para) if s.strip())
-    return "\n".join(lines)
-
-
 _SCORER: rouge_scorer.RougeScorer | None = None
 
 
@@ -90,7 +80,9 @@ def score(summary: str, references: Sequence[str]) -> RougeScores:
     _check_tokens(summary, "summary")
     for r in refs:
         _check_tokens(r, "reference")
-    result = _scorer().score_multi([split_sentences(r) for r in refs], split_sentences(summary))
+    # ROUGE-Lsum reads one sentence per line
+    lines = ["\n".join(split_sentences(r)) for r in refs]
+    result = _scorer().score_multi(lines, "\n".join(split_sentences(summary)))
     return RougeScores(
         **{m: Rouge(result[m].precision, result[m].recall, result[m].fmeasure) for m in METRICS}
     )

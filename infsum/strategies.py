@@ -19,6 +19,8 @@ import numpy as np
 
 from .config import GenerationConfig
 from .errors import ConfigError
+from .prompt import CHUNK_INSTRUCTION, INSTRUCTION, chat_prompt, max_new_tokens
+from .sentences import split_sentences
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -28,7 +30,6 @@ STRATEGIES = ("lead", "textrank", "truncate-head", "truncate-tail", "hierarchica
 MODEL_STRATEGIES = ("truncate-head", "truncate-tail", "hierarchical")
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
-CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
 
 Progress = Callable[[int, int], None]
 
@@ -43,9 +44,6 @@ def lead(text: str, words: int) -> str:
 
 # ---------------------------------------------------------------- textrank
 
-# a sentence ends at . ! or ?, optionally followed by one closing quote or bracket, then whitespace,
-# and the next one does not start in lower case (so '"Why?" said he.' stays one sentence)
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+(?![a-z])")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further had
@@ -59,15 +57,6 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 DAMPING = 0.85
 MAX_GRAPH_SENTENCES = 2000  # the graph is dense (n x n): above this, pre-select by weighted degree
 MIN_SENTENCE_WORDS = 8  # shorter sentences (headings, dialogue tags, "Yes.") are never picked
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text`` in order, each with its whitespace collapsed to single spaces."""
-    out = []
-    for para in re.split(r"\n\s*\n", text):
-        flat = " ".join(para.split())
-        out.extend(s.strip() for s in _SENTENCE_END.split(flat + " ") if s.strip())
-    return out
 
 
 def _tfidf_postings(sentences: list[str]) -> tuple[list[dict[int, float]], int]:
@@ -180,14 +169,10 @@ class WindowSummarizer:
 
     def prompt_ids(self, text_ids: list[int], instruction: str) -> list[int]:
         """One user turn: the text, a blank line, the instruction; then the assistant's turn opens."""
-        before, after = self.tok.chat_parts()
-        instr = self.tok.encode("\n\n" + instruction)
-        return self.tok.encode_chat_scaffold(before) + text_ids + instr + self.tok.encode_chat_scaffold(after)
+        return chat_prompt(self.tok, instruction).around(text_ids)
 
     def budget(self, instruction: str, words: int) -> int:
         """How many text tokens fit in the window beside the prompt and a ``words``-word answer."""
-        from .pipeline import max_new_tokens
-
         room = self.window - len(self.prompt_ids([], instruction)) - max_new_tokens(words)
         if room < 1:
             raise ConfigError(
@@ -204,8 +189,6 @@ class WindowSummarizer:
         on_token: Callable[[int], None] | None = None,
     ) -> str:
         """The model's answer to ``instruction`` about ``text_ids`` (which must fit the budget)."""
-        from .pipeline import max_new_tokens
-
         gen = replace(self.gen, max_new_tokens=max_new_tokens(words))
         prompt = self.prompt_ids(text_ids, instruction)
         assert len(prompt) + gen.max_new_tokens <= self.window, "prompt and answer must fit the window"
@@ -218,8 +201,6 @@ def truncate(
 ) -> str:
     """Summary from as much of ``text`` as fits the context window: its first (head) or last
     (tail) tokens. ``progress`` counts generated tokens."""
-    from .pipeline import INSTRUCTION, max_new_tokens
-
     instruction = INSTRUCTION.format(words=words)
     ids = model.tok.encode(text)
     keep = model.budget(instruction, words)
@@ -239,8 +220,6 @@ def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Pr
     """Map-reduce summary: fixed chunks of ``CHUNK_TOKENS`` (fewer in a small window) summarized,
     then groups of those summaries summarized, until they fit the window beside the final prompt.
     ``progress`` counts model calls (the total grows as levels are added)."""
-    from .pipeline import INSTRUCTION
-
     final = INSTRUCTION.format(words=words)
     chunk_instruction = CHUNK_INSTRUCTION.format(words=CHUNK_SUMMARY_WORDS)
     fits = model.budget(final, words)

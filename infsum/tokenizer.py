@@ -145,7 +145,7 @@ class Tokenizer:
             return self._encoding.decode(ids, errors="replace")
         return self._hf.decode(ids, skip_special_tokens=False)
 
-    def chat_parts(self, system: str | None = None) -> tuple[str, str]:
+    def chat_parts(self) -> tuple[str, str]:
         """The chat template rendered around one user message, with the assistant's turn opened:
         ``(text before the user's content, text after it up to the assistant's first token)``."""
         if self._chat_template is None:
@@ -154,8 +154,6 @@ class Tokenizer:
                 "use an instruct model"
             )
         messages = [{"role": "user", "content": SENTINEL}]
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": system})
         rendered = render_chat_template(self._chat_template, messages, self._template_vars)
         if rendered.count(SENTINEL) != 1:
             raise TokenizerError(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from infsum.config import TrainConfig
 from infsum.errors import ConfigError, EmptyDocumentError
-from infsum.passkey import FillerSource, make_sample, read_text
-from infsum.pipeline import INSTRUCTION as SUMMARY_INSTRUCTION
+from infsum.passkey import FillerSource, make_sample, read_prose
+from infsum.prompt import INSTRUCTION, chat_prompt
 from infsum.tokenizer import Tokenizer
 
 IGNORE = -100  # label of a token that is not scored
@@ -77,17 +77,14 @@ class DataMixture:
 
     def _summary(self, length: int, rng: random.Random) -> Example:
         document, summary = rng.choice(self.pairs)
-        before, after = self.tok.chat_parts()
-        head = self.tok.encode_chat_scaffold(before)
         words = max(50, round(len(summary.split()) / 50) * 50)
-        ask = self.tok.encode("\n\n" + SUMMARY_INSTRUCTION.format(words=words))
-        ask += self.tok.encode_chat_scaffold(after)
+        turn = chat_prompt(self.tok, INSTRUCTION.format(words=words))  # the prompt `infsum` sends
         answer = self.tok.encode(summary.strip()) + self.end_of_turn
-        room = length - len(head) - len(ask) - min(len(answer), length // 4)
+        room = length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4)
         doc = self.tok.encode(document)[: max(0, room)]  # a long story is cut: its beginning is kept
-        ids = (head + doc + ask + answer)[:length]
-        prompt = len(head) + len(doc) + len(ask)
-        return self._pad(ids, [IGNORE] * prompt + ids[prompt:], "summary", length)
+        prompt = turn.around(doc)
+        ids = (prompt + answer)[:length]
+        return self._pad(ids, [IGNORE] * len(prompt) + ids[len(prompt) :], "summary", length)
 
     def _pad(self, ids: list[int], labels: list[int], kind: str, length: int) -> Example:
         n = length - len(ids)  # right padding is never attended to by the scored tokens before it
@@ -95,7 +92,7 @@ class DataMixture:
 
     def _book(self, path: Path) -> list[int]:
         if path not in self._book_ids:
-            self._book_ids[path] = self.tok.encode(" ".join(read_text(path).split()))
+            self._book_ids[path] = self.tok.encode(" ".join(read_prose(path).split()))
         return self._book_ids[path]
 
 

@@ -43,7 +43,7 @@ def test_sample_puts_the_key_at_the_requested_depth(tok, depth: float) -> None:
     assert len(s.ids) + len(s.answer_ids) + ANSWER_SLACK == length
     before, after = tok.chat_parts()
     head = len(tok.encode_chat_scaffold(before) + tok.encode(INSTRUCTION))
-    tail = len(tok.encode(QUESTION) + tok.encode_chat_scaffold(after) + tok.encode(ANSWER_PREFIX))
+    tail = len(tok.encode("\n\n" + QUESTION) + tok.encode_chat_scaffold(after) + tok.encode(ANSWER_PREFIX))
     n_fill = len(s.ids) - head - len(key_ids) - tail  # filler tokens around the key
     assert abs(s.key_pos - (head + depth * n_fill)) <= 1
     text = tok.decode(list(s.ids))

@@ -16,7 +16,8 @@ from infsum.config import MemoryConfig, SummarizeConfig
 from infsum.engine import convert, load_state, save_adapter
 from infsum.errors import CheckpointError, ConfigError
 from infsum.models import load_model
-from infsum.pipeline import INSTRUCTION, Summarizer, book_tokens, chapter_at, max_new_tokens, summarize
+from infsum.pipeline import Summarizer, chapter_at, summarize
+from infsum.prompt import INSTRUCTION, book_tokens, max_new_tokens, trim_to_sentence
 from infsum.readers import Book, Chapter
 
 torch.set_num_threads(2)
@@ -149,8 +150,6 @@ def test_extractive_strategy_needs_no_model(tmp_path: Path) -> None:
 
 
 def test_a_summary_cut_off_by_the_budget_ends_at_its_last_full_sentence() -> None:
-    from infsum.pipeline import trim_to_sentence
-
     assert trim_to_sentence(" Adam meets Eve. They talk in the garden. The priest said that he ") == (
         "Adam meets Eve. They talk in the garden."
     )

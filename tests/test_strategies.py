@@ -13,17 +13,9 @@ import torch
 from infsum import strategies
 from infsum.config import GenerationConfig
 from infsum.errors import ConfigError
-from infsum.pipeline import INSTRUCTION, max_new_tokens
-from infsum.strategies import (
-    CHUNK_INSTRUCTION,
-    STRATEGIES,
-    WindowSummarizer,
-    lead,
-    pagerank,
-    run_strategy,
-    split_sentences,
-    textrank,
-)
+from infsum.prompt import CHUNK_INSTRUCTION, INSTRUCTION, max_new_tokens
+from infsum.sentences import split_sentences
+from infsum.strategies import STRATEGIES, WindowSummarizer, lead, pagerank, run_strategy, textrank
 
 CENTRAL = "The old dragon guarded the golden treasure in the mountain cave."
 STORY = "\n\n".join(

@@ -11,21 +11,37 @@ bounds are in ``infsum.limits`` (raise one with its ``INFSUM_<NAME>`` environmen
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
 from ..errors import BookNotFoundError, ConfigError, EmptyDocumentError, UnsupportedFormatError
 from ._book import Book, Chapter
 
-__all__ = ["Book", "Chapter", "load_book", "SUFFIXES"]
+__all__ = ["Book", "Chapter", "load_book", "READERS", "SUFFIXES"]
 
-SUFFIXES = (".epub", ".pdf", ".txt", ".md")
+# suffix -> "module:function" of its reader, imported on first use (pypdf and ebooklib load slowly);
+# every reader takes the path (and the PDF reader a password) and returns a Book
+READERS = {
+    ".epub": "epub:read_epub",
+    ".pdf": "pdf:read_pdf",
+    ".txt": "text:read_text",
+    ".md": "text:read_text",
+}
+SUFFIXES = tuple(READERS)
+PASSWORD_SUFFIXES = (".pdf",)  # the formats whose reader takes a password
+
+
+def formats_hint() -> str:
+    """The readable formats for messages and help texts: "an .epub, .pdf, .txt or .md file"."""
+    *rest, last = SUFFIXES
+    return f"an {', '.join(rest)} or {last} file"
 
 
 def load_book(path: str | Path, *, password: str | None = None) -> Book:
     """Read an EPUB, PDF or plain-text book into a ``Book`` of chapters in reading order.
 
-    ``password`` opens an encrypted PDF (the empty password is always tried first); giving one for
-    any other format is a ``ConfigError``.
+    The reader is chosen by suffix (``READERS``). ``password`` opens an encrypted PDF (the empty
+    password is always tried first); giving one for any other format is a ``ConfigError``.
     """
     p = Path(path)
     if not p.exists():
@@ -33,24 +49,15 @@ def load_book(path: str | Path, *, password: str | None = None) -> Book:
     if not p.is_file():
         raise BookNotFoundError(f"{p}: not a file; give the path of a book file")
     suffix = p.suffix.lower()
-    if password is not None and suffix != ".pdf":
+    if password is not None and suffix not in PASSWORD_SUFFIXES:
         raise ConfigError(f"{p}: a password only opens a PDF; leave out --password for this file")
-    if suffix in (".txt", ".md"):
-        from .text import read_text
-
-        book = read_text(p)
-    elif suffix == ".epub":
-        from .epub import read_epub
-
-        book = read_epub(p)
-    elif suffix == ".pdf":
-        from .pdf import read_pdf
-
-        book = read_pdf(p, password=password)
-    else:
+    if suffix not in READERS:
         raise UnsupportedFormatError(
-            f"{p}: unsupported format {suffix or '(no suffix)'!r}; give an .epub, .pdf, .txt or .md file"
+            f"{p}: unsupported format {suffix or '(no suffix)'!r}; give {formats_hint()}"
         )
+    module, _, function = READERS[suffix].partition(":")
+    reader = getattr(import_module(f"{__name__}.{module}"), function)
+    book = reader(p, password=password) if suffix in PASSWORD_SUFFIXES else reader(p)
     if book.words == 0:
         raise EmptyDocumentError(f"{p}: no text found in the book; check that it is the right file")
     return book

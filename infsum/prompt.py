@@ -1,0 +1,96 @@
+"""The prompt: the instructions, the token budgets of an answer, the one layout of a chat user turn
+(used by the pipeline, the model strategies, training data and the passkey test alike) and the
+trimming of an answer that the budget cut off.
+
+A user turn is the chat template's opening, the body (a book, a passage, a passkey haystack), a
+blank line and the ask, the end of the turn and the assistant's opening, and optionally the first
+words of the answer. ``chat_prompt`` builds it as two halves so the pipeline can stream the opening
+and the book into memory and generate from the closing: training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .sentences import sentence_ends
+
+if TYPE_CHECKING:
+    from .readers import Book
+    from .tokenizer import Tokenizer
+
+INSTRUCTION = "Summarize the plot of the book above in about {words} words."
+CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
+TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
+MAX_NEW_TOKENS = 2048
+MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """One user turn as token ids, without its body: ``opening`` goes before the body, ``closing``
+    after it (``"\\n\\n"`` + the ask, the end of the turn, the assistant's opening, any answer prefix)."""
+
+    opening: tuple[int, ...]
+    closing: tuple[int, ...]
+
+    def around(self, body: Sequence[int]) -> list[int]:
+        """The whole prompt with ``body`` inside the user turn."""
+        return [*self.opening, *body, *self.closing]
+
+
+def chat_prompt(tok: Tokenizer, ask: str, *, answer_prefix: str = "") -> ChatPrompt:
+    """The user turn that asks ``ask`` about a body placed before it; with ``answer_prefix`` the
+    assistant's answer is begun (passkey's "The pass key is") and the model continues it."""
+    # the ask is encoded apart from the body, so the body's ids are the same wherever it is cut
+    closing = tok.encode("\n\n" + ask) + tok.encode_chat_scaffold(tok.chat_parts()[1])
+    if answer_prefix:
+        closing += tok.encode(answer_prefix)
+    return ChatPrompt(tuple(_opening(tok)), tuple(closing))
+
+
+def _opening(tok: Tokenizer) -> list[int]:
+    """The chat template up to the user's content: the system turn and the user turn's start."""
+    return tok.encode_chat_scaffold(tok.chat_parts()[0])
+
+
+def book_tokens(tok: Tokenizer, book: Book) -> tuple[list[int], list[tuple[int, str]]]:
+    """Token ids of the chat's opening and the book's text (the part of the prompt that is
+    streamed into memory), and where each chapter starts.
+
+    The text is ``Book.text`` (chapters joined by blank lines), encoded chapter by chapter so that
+    every chapter's first token is known exactly. ``chat_prompt(...).closing`` completes the turn.
+    """
+    ids = _opening(tok)
+    starts = []
+    first = True
+    for chapter in book.chapters:
+        if not chapter.text:
+            continue
+        starts.append((len(ids), chapter.title))
+        ids += tok.encode(chapter.text if first else "\n\n" + chapter.text)
+        first = False
+    return ids, starts
+
+
+def max_new_tokens(words: int) -> int:
+    """Generation budget for a summary of about ``words`` words."""
+    return min(math.ceil(words * TOKENS_PER_WORD), MAX_NEW_TOKENS)
+
+
+def min_new_tokens(budget: int) -> int:
+    """The fewest tokens the summary may have, ``MIN_ANSWER_SHARE`` of its ``budget``: small models
+    otherwise answer some books with one sentence and stop."""
+    return math.floor(budget * MIN_ANSWER_SHARE)
+
+
+def trim_to_sentence(text: str) -> str:
+    """Drop a last sentence that the token budget cut off mid-way (when at least half the text is
+    kept); a text that ends a sentence, or has no sentence end at all, is only stripped."""
+    text = text.strip()
+    ends = sentence_ends(text)
+    if ends and ends[-1] < len(text) and ends[-1] >= len(text) // 2:
+        return text[: ends[-1]]
+    return text
