@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from infsum.errors import ConfigError
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_MARKER = ".lora_"  # every adapter parameter name contains this: "...q_proj.lora_A"
 
@@ -43,7 +45,7 @@ def add_lora(
     """Wrap every linear whose attribute name is in ``targets`` (e.g. ``q_proj``) with ``LoRALinear``.
 
     ``alpha`` defaults to ``2 * rank``. Returns the dotted names of the wrapped modules; raises
-    ``ValueError`` when nothing matched (a model whose projections are named differently).
+    ConfigError when nothing matched (targets that name no projection of this model).
     """
     targets = tuple(targets)
     alpha = float(2 * rank if alpha is None else alpha)
@@ -59,7 +61,10 @@ def add_lora(
         setattr(parent, child_name, LoRALinear(child, rank=rank, alpha=alpha))
         wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
-        raise ValueError(f"no linear layer named any of {targets} to add LoRA to")
+        raise ConfigError(
+            f"no linear layer named any of {targets} to add LoRA to: set the LoRA targets to this "
+            f"model's projection names (default {', '.join(DEFAULT_TARGETS)})"
+        )
     return wrapped
 
 
@@ -70,7 +75,8 @@ def add_lora_from_state(
 
     Names are as in ``model.named_parameters()`` (``...q_proj.lora_A``); the rank comes from each
     ``lora_A``'s shape and ``alpha`` (the card's ``lora.alpha``) defaults to ``2 * rank``, as in
-    ``add_lora``. Modules already wrapped are left alone. Returns the names of the wrapped modules.
+    ``add_lora``. Modules already wrapped are left alone. Returns the names of the wrapped modules;
+    raises ValueError for a name that is no linear layer (``load_adapter`` reports it with the file).
     """
     modules = dict(model.named_modules())
     wrapped: list[str] = []
