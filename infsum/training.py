@@ -132,10 +132,7 @@ def sequence_loss(
         )
 
     losses, _ = model.forward_segments(ids, checkpoint=checkpointing, each=segment_loss)
-    total = ids.new_zeros((), dtype=torch.float32)
-    for loss in losses:
-        total = total + loss
-    return total, (targets != IGNORE).sum()
+    return sum(losses, ids.new_zeros((), dtype=torch.float32)), (targets != IGNORE).sum()
 
 
 # ---- processes -----------------------------------------------------------------------------------
