@@ -24,10 +24,11 @@ import torch
 from safetensors.torch import load_file
 
 from infsum.config import MemoryConfig, TrainConfig
+from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import add_lora_from_state
-from infsum.engine.patch import InfiniModel, load_adapter
+from infsum.engine.model import InfiniModel
 from infsum.models import DEFAULT_MODEL, load_model
-from infsum.passkey import read_prose, run_passkey, with_memory_config
+from infsum.passkey import read_prose, run_passkey
 from infsum.tokenizer import Tokenizer
 from infsum.training import TrainProgress, sequence_loss, train, write_adapter
 
@@ -37,7 +38,7 @@ HELD_OUT = "the-prisoner-of-zenda.txt.gz"  # never trained on: the perplexity ch
 
 def perplexity(model: InfiniModel, ids: list[int], segment_len: int) -> float:
     """exp(mean next-token loss) of ``ids`` read in segments of ``segment_len`` through the memory."""
-    m = with_memory_config(model, replace(model.cfg, segment_len=segment_len))
+    m = model.with_config(replace(model.cfg, segment_len=segment_len))
     x = torch.tensor([ids])
     with torch.inference_mode():
         total, count = sequence_loss(m, x, x.clone(), checkpointing=False)

@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_state": "infsum.engine",
     "save_adapter": "infsum.engine",
     "load_adapter": "infsum.engine",
+    "ready": "infsum.engine",
     "run_strategy": "infsum.strategies",
     "run_passkey": "infsum.passkey",
 }

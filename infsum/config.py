@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from infsum.errors import ConfigError
+
 UpdateRule = Literal["delta", "linear"]
 UPDATE_RULES: tuple[UpdateRule, ...] = ("delta", "linear")  # the memory update rules (see engine/memory.py)
 DEFAULT_SEGMENT_LEN = 2048  # the paper's segment length: inference default everywhere
@@ -20,6 +22,19 @@ class MemoryConfig:
     gate_init: float = -6.0  # sigmoid(-6) ~ 0.0025: an untrained conversion leans on local attention
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
     variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError for a segment length or update rule no memory can be built with (the
+        variant is checked by the engine, which holds the registry; the sliding window needs the model)."""
+        if self.segment_len < 1:
+            raise ConfigError(
+                f"segment length {self.segment_len!r} must be a positive number of tokens: "
+                f"use --segment-len 1 or more (default {DEFAULT_SEGMENT_LEN})"
+            )
+        if self.update not in UPDATE_RULES:
+            raise ConfigError(
+                f"unknown memory update rule {self.update!r}: use --update {' or '.join(UPDATE_RULES)}"
+            )
 
 
 @dataclass(frozen=True)

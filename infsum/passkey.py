@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from infsum.config import GenerationConfig, MemoryConfig
-from infsum.engine.patch import InfiniModel
-from infsum.engine.stream import InfiniReader
+from infsum.config import DEFAULT_SEGMENT_LEN, GenerationConfig, MemoryConfig
+from infsum.engine import InfiniModel, InfiniReader
 from infsum.errors import ConfigError, EmptyDocumentError
 from infsum.models import LoadedModel
 from infsum.prompt import chat_prompt
@@ -217,16 +216,6 @@ class PasskeyReport:
         return d
 
 
-def with_memory_config(model: InfiniModel, cfg: MemoryConfig) -> InfiniModel:
-    """The same model (HF weights, LoRA and gates shared, not copied) under another MemoryConfig."""
-    if cfg == model.cfg:
-        return model
-    other = InfiniModel(model.hf, cfg)
-    other.gates = model.gates  # share the trained beta
-    other.name = model.name
-    return other
-
-
 def run_passkey(
     model: LoadedModel | InfiniModel,
     *,
@@ -234,7 +223,7 @@ def run_passkey(
     lengths: Sequence[int] = (4096, 16384, 65536),
     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     trials: int = 5,
-    segment_len: int = 2048,
+    segment_len: int = DEFAULT_SEGMENT_LEN,
     memory: bool = True,
     seed: int = 0,
     filler: Sequence[Path] = (),
@@ -257,7 +246,7 @@ def run_passkey(
         raise ConfigError("run_passkey needs the tokenizer when given an InfiniModel: pass tokenizer=")
     if trials < 1 or not lengths or not depths:
         raise ConfigError("passkey needs at least one length, one depth and one trial")
-    infini = with_memory_config(infini, replace(infini.cfg, segment_len=segment_len, enabled=memory))
+    infini = infini.with_config(replace(infini.cfg, segment_len=segment_len, enabled=memory))
     source = FillerSource.from_files(tokenizer, filler) if filler else FillerSource.builtin(tokenizer)
     reader = InfiniReader(infini)
     results: list[PasskeyTrial] = []

@@ -18,16 +18,13 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import SummarizeConfig
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .prompt import INSTRUCTION, book_tokens, chat_prompt, max_new_tokens, min_new_tokens, trim_to_sentence
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 
 if TYPE_CHECKING:
     from .models import LoadedModel
-
-ADAPTERS = Path(__file__).parent / "adapters"
-DEFAULT_ADAPTER = ADAPTERS / "smollm2-135m-instruct.safetensors"
 
 
 @dataclass(frozen=True)
@@ -134,7 +131,7 @@ class Summarizer:
     def __init__(self, cfg: SummarizeConfig, *, model: LoadedModel | None = None) -> None:
         self.cfg = cfg
         self._loaded = model
-        self._infini = None  # (InfiniModel, adapter path or None), built once per model
+        self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
 
     def __call__(
         self,
@@ -190,33 +187,13 @@ class Summarizer:
             report(Step("load", 1, 1))
         return self._loaded
 
-    def adapter_path(self, loaded: LoadedModel) -> Path | None:
-        """The adapter file to load: the shipped one for the default model (when it exists), a
-        given path (which must exist), or none."""
-        if self.cfg.adapter is None:
-            return None
-        if self.cfg.adapter == "default":
-            return DEFAULT_ADAPTER if loaded.is_default and DEFAULT_ADAPTER.is_file() else None
-        path = Path(self.cfg.adapter)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: adapter file not found; check the path or drop --adapter")
-        return path
-
     def infini(self, report: Progress):
-        """The loaded model converted to Infini-attention, with its adapter loaded."""
+        """The ready model (``infsum.engine.Ready``: the loaded model converted to Infini-attention,
+        with the configured adapter loaded, and that adapter's path or None)."""
         if self._infini is None:
-            from .engine import convert, load_adapter
-            from .engine.lora import remove_lora
+            from .engine import ready
 
-            loaded = self.loaded(report)
-            adapter = self.adapter_path(loaded)
-            model = convert(loaded.model, self.cfg.memory)
-            # LoRA wraps the shared HF model's projections in place: an adapter loaded by an earlier
-            # Summarizer on this model must not leak into this one
-            remove_lora(model)
-            if adapter is not None:
-                load_adapter(model, adapter)
-            self._infini = (model, adapter)
+            self._infini = ready(self.loaded(report), self.cfg.memory, self.cfg.adapter)
         return self._infini
 
     # -- the two ways to summarize
@@ -233,7 +210,7 @@ class Summarizer:
         tok = loaded.tokenizer
         ids, starts = book_tokens(tok, book)
         seg = self.cfg.memory.segment_len
-        reader = InfiniReader(model, self.cfg.memory)
+        reader = InfiniReader(model)
 
         def on_tokens(done: int, total: int) -> None:
             report(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))

@@ -163,7 +163,7 @@ class WindowSummarizer:
 
         self.window = int(loaded.model.config.max_position_embeddings)
         cfg = MemoryConfig(segment_len=self.window, enabled=False)
-        self.reader = InfiniReader(InfiniModel(loaded.model, cfg), cfg)
+        self.reader = InfiniReader(InfiniModel(loaded.model, cfg))
         self.tok = loaded.tokenizer
         self.gen = gen
 

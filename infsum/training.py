@@ -25,17 +25,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from infsum.config import MemoryConfig, TrainConfig
+from infsum.engine.adapter import ADAPTER_FORMAT, save_adapter
 from infsum.engine.lora import add_lora, lora_settings
-from infsum.engine.memory import MemoryState, get_variant
-from infsum.engine.patch import InfiniModel, save_adapter
+from infsum.engine.memory import get_variant
+from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
 from infsum.tokenizer import Tokenizer
 from infsum.training_data import IGNORE, DataMixture, Example, corpus_files
-
-ADAPTER_FORMAT = "infsum-adapter/1"
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,19 @@ class TrainResult:
 # ---- model, optimizer, loss --------------------------------------------------------------------
 
 
+def _memory_config(cfg: TrainConfig) -> MemoryConfig:
+    """The memory settings a run trains with (ConfigError for an unknown update rule)."""
+    return MemoryConfig(
+        segment_len=cfg.segment_len,
+        update=cfg.update,  # type: ignore[arg-type] (checked by MemoryConfig)
+        gate_init=cfg.gate_init,
+        variant=cfg.variant,
+    )
+
+
 def build_model(hf_model: torch.nn.Module, cfg: TrainConfig) -> InfiniModel:
     """Convert ``hf_model`` with fresh gates at ``cfg.gate_init``, add LoRA, and mark what trains."""
-    mem = MemoryConfig(
-        segment_len=cfg.segment_len, update=cfg.update, gate_init=cfg.gate_init, variant=cfg.variant  # type: ignore[arg-type]
-    )
+    mem = _memory_config(cfg)
     for p in hf_model.parameters():
         p.requires_grad_(cfg.full_finetune)
     if cfg.lora_rank > 0 and not cfg.full_finetune:
@@ -107,38 +113,26 @@ def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
         g["lr"] = g["base_lr"] * f
 
 
-def _segment_loss(
-    model: InfiniModel, ids: Tensor, targets: Tensor, state: MemoryState | None
-) -> tuple[Tensor, MemoryState | None]:
-    """Summed cross-entropy of one segment (b, n) against its next-token targets -> (loss, state)."""
-    if not bool((targets != IGNORE).any()):  # nothing scored here (filler): skip the LM head
-        _, state = model(ids, state, logits="none")
-        return ids.new_zeros((), dtype=torch.float32), state
-    logits, state = model(ids, state)  # (b, n, V)
-    loss = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, state
-
-
 def sequence_loss(
     model: InfiniModel, ids: Tensor, labels: Tensor, *, checkpointing: bool = True
 ) -> tuple[Tensor, Tensor]:
     """(summed loss, scored tokens) of (b, T) ``ids`` read segment by segment, back-propagating
     through the memory across segments; ``labels`` (b, T) holds IGNORE where a token is unscored."""
-    seg = model.cfg.segment_len
     targets = torch.full_like(labels, IGNORE)
     targets[:, :-1] = labels[:, 1:]  # position t predicts token t + 1, across segment boundaries too
-    total = ids.new_zeros((), dtype=torch.float32)
-    state = None
-    for s in range(0, ids.shape[1], seg):
-        args = (model, ids[:, s : s + seg], targets[:, s : s + seg], state)
-        if checkpointing and torch.is_grad_enabled():
-            loss, state = checkpoint(_segment_loss, *args, use_reentrant=False)
-        else:
-            loss, state = _segment_loss(*args)
-        total = total + loss
-    return total, (targets != IGNORE).sum()
+
+    def segment_loss(h: Tensor, cols: slice) -> Tensor:
+        """Summed cross-entropy of one segment's final hidden states h (b, n, hidden)."""
+        t = targets[:, cols]
+        if not bool((t != IGNORE).any()):  # nothing scored here (filler): skip the LM head
+            return ids.new_zeros((), dtype=torch.float32)
+        logits = model.logits(h)  # (b, n, V)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), t.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+
+    losses, _ = model.forward_segments(ids, checkpoint=checkpointing, each=segment_loss)
+    return sum(losses, ids.new_zeros((), dtype=torch.float32)), (targets != IGNORE).sum()
 
 
 # ---- processes -----------------------------------------------------------------------------------
@@ -398,7 +392,8 @@ def _check(cfg: TrainConfig) -> None:
         )
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lora_rank < 0:
         raise ConfigError("steps and batch size must be positive and the LoRA rank not negative")
-    get_variant(cfg.variant)  # before loading the model: an unknown variant fails at once
+    get_variant(cfg.variant)  # before loading the model: an unknown variant or rule fails at once
+    _memory_config(cfg)
     if len(cfg.mix) != 3 or min(cfg.mix) < 0:
         raise ConfigError(f"mix {cfg.mix} must be three non-negative shares: lm,passkey,summary")
 

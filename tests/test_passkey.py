@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from infsum.config import GenerationConfig, MemoryConfig
-from infsum.engine.patch import InfiniModel
+from infsum.engine.model import InfiniModel
 from infsum.engine.stream import InfiniReader
 from infsum.errors import ConfigError
 from infsum.models import load_model

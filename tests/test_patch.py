@@ -1,4 +1,4 @@
-"""InfiniModel (infsum.engine.patch): equal to the HF model with memory closed, memory per layer per
+"""InfiniModel (infsum.engine.model): equal to the HF model with memory closed, memory per layer per
 kv head written with keys before RoPE, gradients through segments, adapters (issue 3)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import transformers
 from torch.testing import assert_close
 
 from infsum.config import MemoryConfig
+from infsum.engine.adapter import load_adapter, save_adapter
 from infsum.engine.memory import MemoryState, sigma
-from infsum.engine.patch import convert, load_adapter, save_adapter
+from infsum.engine.model import convert
 from infsum.errors import CheckpointError, ConfigError, PatchError
 
 SEG = 32
@@ -116,8 +117,9 @@ def test_gates_are_one_learned_parameter_per_query_head(hf):
 @pytest.mark.parametrize("checkpoint", [False, True])
 def test_gradients_flow_through_memory_across_segments(hf, checkpoint):
     model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.0))
-    segs = list(_ids(1, 48, seed=4).split(16, dim=1))
-    outs, state = model.forward_segments(segs, checkpoint=checkpoint)
+    ids = _ids(1, 48, seed=4)
+    segs = list(ids.split(16, dim=1))
+    outs, state = model.forward_segments(ids, checkpoint=checkpoint)
     outs[-1].float().logsumexp(-1).mean().backward()
     assert isinstance(state, MemoryState) and len(outs) == 3
     grad = model.gates.grad
@@ -128,11 +130,11 @@ def test_gradients_flow_through_memory_across_segments(hf, checkpoint):
 
 def test_checkpointing_gives_the_same_gradients(hf):
     model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.5))
-    segs = list(_ids(1, 32, seed=5).split(16, dim=1))
+    ids = _ids(1, 32, seed=5)
     grads = []
     for ckpt in (False, True):
         model.zero_grad()
-        outs, _ = model.forward_segments(segs, checkpoint=ckpt)
+        outs, _ = model.forward_segments(ids, checkpoint=ckpt)
         sum(o.logsumexp(-1).mean() for o in outs).backward()
         grads.append(model.gates.grad.clone())
     assert_close(grads[0], grads[1])
@@ -240,3 +242,36 @@ def test_an_adapter_for_another_memory_variant_is_refused(hf, tmp_path):
 def test_an_unknown_memory_variant_names_the_choices(hf):
     with pytest.raises(ConfigError, match="choose one of paper, armt, l2, l2-rms"):
         convert(hf, MemoryConfig(segment_len=SEG, variant="nope"))
+
+
+def test_with_config_shares_weights_and_gates(hf):
+    model = convert(hf, MemoryConfig(segment_len=SEG, gate_init=0.5))
+    assert model.with_config(model.cfg) is model
+    other = model.with_config(MemoryConfig(segment_len=SEG * 2, enabled=False, gate_init=-9.0))
+    assert other.hf is hf and other.gates is model.gates and other.name == model.name
+    assert other.cfg.segment_len == SEG * 2 and not other.cfg.enabled
+    with torch.no_grad():
+        model.gates.fill_(1.0)
+    assert torch.equal(other.gates, torch.ones_like(other.gates))  # shared, not copied
+
+
+def test_forward_segments_keeps_what_each_returns_and_skips_the_lm_head_when_asked(hf):
+    model = convert(hf, MemoryConfig(segment_len=16, gate_init=0.0))
+    ids = _ids(1, 40, seed=6)
+    calls = []
+    handle = hf.lm_head.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    try:
+        with torch.no_grad():
+            cols, state = model.forward_segments(ids, each=lambda h, c: (h.shape[1], c))
+            assert calls == []  # nothing asked for logits: the LM head never ran
+            logits, again = model.forward_segments(ids)
+    finally:
+        handle.remove()
+    assert cols == [(16, slice(0, 16)), (16, slice(16, 32)), (8, slice(32, 48))]  # the last is shorter
+    assert [t.shape[1] for t in logits] == [16, 16, 8] and len(calls) == 3
+    assert all(torch.equal(a, b) for a, b in zip(state.M, again.M, strict=True))
+    with torch.no_grad():  # the same segments one by one through forward
+        _, s1 = model(ids[:, :16])
+        _, s2 = model(ids[:, 16:32], s1)
+        last, _ = model(ids[:, 32:], s2)
+    assert_close(logits[-1], last)

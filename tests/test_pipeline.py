@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from infsum.config import MemoryConfig, SummarizeConfig
 from infsum.engine import convert, load_state, save_adapter
@@ -90,7 +91,7 @@ def test_greedy_summary_is_reproducible_and_prompt_is_after_the_book(loaded, tin
     from infsum.engine import InfiniReader
 
     tok = loaded.tokenizer
-    reader = InfiniReader(convert(loaded.model, cfg.memory), cfg.memory)
+    reader = InfiniReader(convert(loaded.model, cfg.memory))
     state = reader.read(book_tokens(tok, BOOK)[0])
     prompt = tok.encode("\n\n" + INSTRUCTION.format(words=6)) + tok.encode_chat_scaffold(tok.chat_parts()[1])
     gen = replace(cfg.generation, max_new_tokens=10)
@@ -117,14 +118,18 @@ def test_adapter_path_is_loaded_and_recorded(loaded, tiny_model_dir: Path, tmp_p
     with_adapter = summarize(BOOK, replace(cfg, adapter=str(adapter)), model=loaded)
     assert with_adapter.adapter == str(adapter)
     assert with_adapter.to_dict()["adapter"] == str(adapter)
+    assert with_adapter.markdown().count("adapter gates.safetensors") == 1
     missing = tmp_path / "missing.safetensors"
-    with pytest.raises(CheckpointError, match=f"^{missing}: adapter file not found"):
+    with pytest.raises(CheckpointError, match=f"^adapter {missing} not found: check the path"):
         summarize(BOOK, replace(cfg, adapter=str(missing)), model=loaded)
+    with pytest.raises(CheckpointError, match=f"^adapter {missing} not found"):  # a Path is the same choice
+        summarize(BOOK, replace(cfg, adapter=missing), model=loaded)
 
 
 def test_default_adapter_only_applies_to_the_default_model(loaded, tiny_model_dir: Path) -> None:
     assert not loaded.is_default
-    assert Summarizer(config(tiny_model_dir)).adapter_path(loaded) is None
+    model, adapter = Summarizer(config(tiny_model_dir), model=loaded).infini(lambda step: None)
+    assert adapter is None and torch.equal(model.gates, torch.full_like(model.gates, -6.0))
 
 
 def test_state_is_saved_after_reading(loaded, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -158,13 +163,13 @@ def test_a_summary_cut_off_by_the_budget_ends_at_its_last_full_sentence() -> Non
 def test_an_adapter_does_not_leak_into_a_later_run_without_it(tiny_model_dir, tmp_path) -> None:
     """LoRA from one Summarizer's adapter is removed before another Summarizer on the same loaded
     model runs without an adapter (the evaluation harness compares the two on one model)."""
-    from infsum.engine.lora import LoRALinear, add_lora, remove_lora
+    from infsum.engine.lora import LoRALinear, add_lora
 
     loaded = load_model(str(tiny_model_dir), device="cpu")
-    trained = convert(loaded.model, MemoryConfig())
+    trained = convert(transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir), MemoryConfig())
     add_lora(trained, rank=2)
     save_adapter(trained, tmp_path / "a.safetensors", {"lora": {"rank": 2, "alpha": 4}})
-    remove_lora(trained)
+    assert not any(isinstance(m, LoRALinear) for m in loaded.model.modules())
     with_adapter = Summarizer(SummarizeConfig(adapter=str(tmp_path / "a.safetensors")), model=loaded)
     with_adapter.infini(lambda step: None)
     assert any(isinstance(m, LoRALinear) for m in loaded.model.modules())

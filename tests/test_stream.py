@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from infsum.config import GenerationConfig, MemoryConfig
-from infsum.engine.patch import convert
+from infsum.engine.model import convert
 from infsum.engine.stream import InfiniReader, load_state, save_state
 from infsum.errors import CheckpointError, ConfigError
 

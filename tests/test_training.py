@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from infsum.config import MemoryConfig, TrainConfig
+from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
-from infsum.engine.patch import InfiniModel, load_adapter
+from infsum.engine.model import InfiniModel
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
 from infsum.tokenizer import load_tokenizer
@@ -274,3 +275,20 @@ def test_two_processes_train_data_parallel(tiny_model_dir: Path, tmp_path: Path)
     assert card["hardware"]["processes"] == 2
     assert card["tokens_seen"] == 2 * 2 * 128  # processes x steps x (1 sample of 2 segments of 64)
     assert proc.stdout.count("WROTE") == 1, proc.stdout
+
+
+def test_lora_targets_that_name_no_projection_are_a_config_error(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from infsum.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no linear layer named any of \('qkv',\) to add LoRA to"):
+        build_model(_hf(tiny_model_dir), _cfg(tmp_path, tiny_model_dir, lora_targets=("qkv",)))
+
+
+def test_an_unknown_update_rule_fails_before_the_model_loads(tmp_path: Path) -> None:
+    from infsum.errors import ConfigError
+
+    cfg = TrainConfig(out=tmp_path / "a.safetensors", model=str(tmp_path / "no-such-model"), update="nope")
+    with pytest.raises(ConfigError, match="unknown memory update rule 'nope'"):
+        train(cfg)

@@ -1,10 +1,25 @@
-"""The Infini-attention engine: memory math, model conversion, and the streaming segment loop."""
+"""The Infini-attention engine: memory math, the model with memory, adapters and the ready model,
+and streaming."""
 
+from infsum.engine.adapter import (
+    ADAPTER_FORMAT,
+    DEFAULT_ADAPTER,
+    AdapterChoice,
+    Ready,
+    load_adapter,
+    ready,
+    resolve_adapter,
+    save_adapter,
+)
 from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
-from infsum.engine.patch import InfiniModel, LocalCache, convert, load_adapter, save_adapter
+from infsum.engine.model import InfiniModel, LocalCache, convert
 from infsum.engine.stream import InfiniReader, ReaderState, load_state, save_state
 
 __all__ = [
+    "ADAPTER_FORMAT",
+    "DEFAULT_ADAPTER",
+    "AdapterChoice",
+    "Ready",
     "InfiniModel",
     "InfiniReader",
     "LocalCache",
@@ -15,6 +30,8 @@ __all__ = [
     "load_adapter",
     "load_state",
     "read_memory",
+    "ready",
+    "resolve_adapter",
     "save_adapter",
     "save_state",
     "sigma",

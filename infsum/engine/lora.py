@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from infsum.errors import ConfigError
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_MARKER = ".lora_"  # every adapter parameter name contains this: "...q_proj.lora_A"
 
@@ -36,10 +38,6 @@ class LoRALinear(nn.Module):
         delta = (x.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., d_out)
         return self.base(x) + (self.scale * delta).to(x.dtype)
 
-    def merged_weight(self) -> torch.Tensor:
-        """W + scale * B A, for exporting a model without the adapter modules."""
-        return self.base.weight + (self.scale * self.lora_B @ self.lora_A).to(self.base.weight.dtype)
-
 
 def add_lora(
     model: nn.Module, *, rank: int = 8, alpha: float | None = None, targets: Iterable[str] = DEFAULT_TARGETS
@@ -47,7 +45,7 @@ def add_lora(
     """Wrap every linear whose attribute name is in ``targets`` (e.g. ``q_proj``) with ``LoRALinear``.
 
     ``alpha`` defaults to ``2 * rank``. Returns the dotted names of the wrapped modules; raises
-    ``ValueError`` when nothing matched (a model whose projections are named differently).
+    ConfigError when nothing matched (targets that name no projection of this model).
     """
     targets = tuple(targets)
     alpha = float(2 * rank if alpha is None else alpha)
@@ -63,7 +61,10 @@ def add_lora(
         setattr(parent, child_name, LoRALinear(child, rank=rank, alpha=alpha))
         wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
-        raise ValueError(f"no linear layer named any of {targets} to add LoRA to")
+        raise ConfigError(
+            f"no linear layer named any of {targets} to add LoRA to: set the LoRA targets to this "
+            f"model's projection names (default {', '.join(DEFAULT_TARGETS)})"
+        )
     return wrapped
 
 
@@ -74,7 +75,8 @@ def add_lora_from_state(
 
     Names are as in ``model.named_parameters()`` (``...q_proj.lora_A``); the rank comes from each
     ``lora_A``'s shape and ``alpha`` (the card's ``lora.alpha``) defaults to ``2 * rank``, as in
-    ``add_lora``. Modules already wrapped are left alone. Returns the names of the wrapped modules.
+    ``add_lora``. Modules already wrapped are left alone. Returns the names of the wrapped modules;
+    raises ValueError for a name that is no linear layer (``load_adapter`` reports it with the file).
     """
     modules = dict(model.named_modules())
     wrapped: list[str] = []
@@ -95,9 +97,8 @@ def add_lora_from_state(
     return wrapped
 
 
-def remove_lora(model: nn.Module, *, merge: bool = False) -> int:
-    """Put the original linears back (folding ``B A`` into their weights when ``merge``); returns how
-    many adapters were removed."""
+def remove_lora(model: nn.Module) -> int:
+    """Put the original linears back (dropping their adapters); returns how many were removed."""
     found = [
         (parent, child_name, child)
         for parent in model.modules()
@@ -105,16 +106,8 @@ def remove_lora(model: nn.Module, *, merge: bool = False) -> int:
         if isinstance(child, LoRALinear)
     ]
     for parent, child_name, child in found:
-        if merge:
-            with torch.no_grad():
-                child.base.weight.copy_(child.merged_weight())
         setattr(parent, child_name, child.base)
     return len(found)
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only, keyed by their full parameter names (``...q_proj.lora_A``)."""
-    return {n: p.detach() for n, p in model.named_parameters() if LORA_MARKER in n}
 
 
 def lora_settings(model: nn.Module) -> dict[str, object] | None:

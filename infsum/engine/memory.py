@@ -1,7 +1,7 @@
 """The paper's compressive memory as pure functions on tensors (arXiv 2404.07143, section 2.1.2).
 
 Equation numbers follow the paper: (3) the read (with sigma = ELU + 1), (4) the linear update,
-(5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``patch.py``
+(5) the delta update, (6) the gate. Nothing here knows about transformers or segments; ``model.py``
 calls these once per layer per segment.
 
 Beside the paper's rules, ``VARIANTS`` holds memory variants (feature map + normaliser) that address
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infsum.config import UPDATE_RULES
+from infsum.config import UpdateRule as Rule
 from infsum.errors import ConfigError
-
-Rule = Literal["delta", "linear"]
 
 # the normaliser sigma(q) z is a sum of positive terms once anything was written; the floor only
 # turns the "nothing written yet" case (z = 0, M = 0) into a read of exactly 0 instead of 0/0
@@ -93,8 +93,8 @@ def update_memory(
     v = v.float()
     if M is not None and z is not None and rule == "delta":
         v = v - _retrieve(sk, M, z)  # eq (5): write only what memory does not already return
-    elif rule not in ("delta", "linear"):
-        raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig is typed
+    elif rule not in UPDATE_RULES:
+        raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig checks the rule
     dM = sk.transpose(-1, -2) @ v  # (b, h, d, e), eq (4)/(5)
     dz = sk.sum(dim=-2)  # (b, h, d)
     if M is None or z is None:
@@ -164,8 +164,8 @@ class MemoryVariant:
         """
         if self.normaliser == "z":
             return update_memory(fk, v, M, z, rule=rule)  # the paper's equations, unchanged
-        if rule not in ("delta", "linear"):
-            raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig is typed
+        if rule not in UPDATE_RULES:
+            raise ValueError(f"unknown memory update rule {rule!r}")  # internal: MemoryConfig checks the rule
         v = v.float()
         if M is None or z is None:
             return fk.transpose(-1, -2) @ v, fk.sum(dim=-2)

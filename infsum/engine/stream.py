@@ -1,4 +1,7 @@
-"""The one segment loop: streaming tokens into memory, generating from it, saving and loading state.
+"""Streaming tokens into memory, generating from it, saving and loading state.
+
+Segments are run by ``InfiniModel.forward_segments``, the one segment loop (training's too); the
+decoding loop here adds one token at a time to a local cache and commits it into memory when full.
 
 A ``ReaderState`` is the memory of every complete segment read so far plus the token ids of the
 current, incomplete segment. Those pending tokens are only run through the model when their segment
@@ -17,9 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from infsum.config import GenerationConfig, MemoryConfig
+from infsum.config import GenerationConfig
 from infsum.engine.memory import MemoryState
-from infsum.engine.patch import InfiniModel
+from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
 
 Progress = Callable[[int, int], None]
@@ -49,14 +52,9 @@ class ReaderState:
 class InfiniReader:
     """Streams token ids through an InfiniModel segment by segment, then generates from the memory."""
 
-    def __init__(self, model: InfiniModel, cfg: MemoryConfig | None = None) -> None:
+    def __init__(self, model: InfiniModel) -> None:
         self.model = model
-        self.cfg = cfg or model.cfg
-        if self.cfg != model.cfg:
-            raise ConfigError(
-                "InfiniReader's MemoryConfig differs from the model's: convert the model "
-                "with the same MemoryConfig"
-            )
+        self.cfg = model.cfg  # the reader reads with the model's own memory settings
         self.device = next(model.parameters()).device
 
     def empty(self) -> ReaderState:
@@ -95,14 +93,15 @@ class InfiniReader:
         """Write every complete segment of buf into memory -> (memory, tokens consumed)."""
         seg = self.cfg.segment_len
         n_full = len(buf) // seg * seg
+
+        def report(_h: Tensor, cols: slice) -> None:  # no logits: a read only writes memory
+            if progress is not None:
+                progress(min(cols.stop - skip, total), total)
+
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, n_full, seg):
-                chunk = buf[start : start + seg].to(self.device, non_blocking=True)[None]
-                _, memory = self.model(chunk, memory, logits="none")
-                if progress is not None:
-                    progress(min(start + seg - skip, total), total)
+            _, memory = self.model.forward_segments(buf[:n_full].to(self.device)[None], memory, each=report)
         finally:
             self.model.train(was_training)
         return memory, n_full
@@ -153,9 +152,8 @@ class InfiniReader:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, head, seg):  # full segments, then one shorter one
-                chunk = local[start : min(start + seg, head)].to(self.device)[None]
-                _, memory = self.model(chunk, memory, logits="none")
+            # full segments, then one shorter one
+            _, memory = self.model.forward_segments(local[:head].to(self.device)[None], memory, each=_nothing)
             return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token)
         finally:
             self.model.train(was_training)
@@ -212,6 +210,10 @@ class InfiniReader:
             if state.memory.M[0].device != self.device:
                 state = replace(state, memory=state.memory.to(self.device))
         return state
+
+
+def _nothing(_h: Tensor, _cols: slice) -> None:
+    """Keep nothing of a segment: it is only written into memory (the LM head never runs)."""
 
 
 class _Sampler:

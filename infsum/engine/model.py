@@ -1,10 +1,13 @@
-"""Giving a loaded Hugging Face Llama-family model Infini memories (the only module that knows HF).
+"""Running a loaded Hugging Face Llama-family model's layers with Infini memory beside local attention.
 
-``InfiniModel`` does not swap or hook HF's attention: it runs the HF model's own submodules (the
-embedding, each layer's norms, q/k/v/o projections and MLP, the final norm, the LM head and the
-model's rotary embedding) layer by layer, with the paper's memory beside the local attention. So the
-HF model itself is never changed (wrapping needs no restore), memory is a value in and out, and
-the code does not depend on HF's attention internals, which change between versions.
+The only module that knows HF's module layout. ``InfiniModel`` does not swap or hook HF's attention:
+it runs the HF model's own submodules (the embedding, each layer's norms, q/k/v/o projections and
+MLP, the final norm, the LM head and the model's rotary embedding) layer by layer, with the paper's
+memory beside the local attention. So wrapping changes nothing in the HF model (and needs no
+restore), memory is a value in and out, and the code does not depend on HF's attention internals,
+which change between versions. Low-rank adapters are the exception: ``engine/lora.py`` wraps the
+HF model's projections in place when an adapter with LoRA weights is loaded (``engine/adapter.py``)
+or trained, so every InfiniModel on that HF model then runs them.
 
 Per layer and segment (docs/infini-attention.md): Q, K, V from the layer's projections; the memory
 is read with sigma(Q) and written with sigma(K), V BEFORE RoPE; RoPE and causal softmax attention
@@ -17,22 +20,18 @@ g query heads per kv head, d head dim.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.lora import LORA_MARKER, add_lora_from_state
 from infsum.engine.memory import MemoryState, gate, get_variant
-from infsum.errors import CheckpointError, ConfigError, PatchError
+from infsum.errors import ConfigError, PatchError
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # config.model_type values with the Llama layer layout
 _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
@@ -41,6 +40,8 @@ _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 Logits = Literal["all", "last", "none"]
+# what forward_segments keeps of one segment: f(final hidden states (b, n, hidden), its columns of ids)
+PerSegment = Callable[[Tensor, slice], Any]
 
 
 @dataclass
@@ -111,24 +112,48 @@ class InfiniModel(nn.Module):
 
     def forward_segments(
         self,
-        segments: list[Tensor],
+        ids: Tensor,
         state: MemoryState | None = None,
         *,
         checkpoint: bool = False,
-    ) -> tuple[list[Tensor], MemoryState | None]:
-        """Run consecutive segments with back-propagation through time -> (logits per segment, state).
+        each: PerSegment | None = None,
+    ) -> tuple[list[Any], MemoryState | None]:
+        """Run (b, T) ``ids`` in consecutive segments of ``cfg.segment_len`` (the last may be shorter),
+        each reading the memory the earlier ones wrote -> (one value per segment, final state).
 
-        With ``checkpoint``, each segment's activations are recomputed in the backward pass
-        (gradient checkpointing per segment, as in the paper), so memory grows with one segment.
+        The one segment loop of training and reading. ``each(h, cols)`` turns a segment's final
+        hidden states h (b, n, hidden) (before the final norm; ``logits(h)`` gives its logits) and
+        its columns of ``ids`` into the value kept for it; the default keeps the logits (b, n, V).
+        A caller that needs no logits for a segment skips the LM head by not calling ``logits``.
+        Differentiable (back-propagation through time). With ``checkpoint``, each segment's
+        activations, ``each`` included, are recomputed in the backward pass (gradient checkpointing
+        per segment, as in the paper), so memory grows with one segment plus what ``each`` returns.
         """
+        each = each or (lambda h, _cols: self.logits(h))
         outs = []
-        for seg in segments:
+        for start in range(0, ids.shape[1], self.cfg.segment_len):
+            cols = slice(start, start + self.cfg.segment_len)
             if checkpoint and torch.is_grad_enabled():
-                out, state = _checkpoint(self._run_all_logits, seg, state, use_reentrant=False)
+                out, state = _checkpoint(self._segment, ids[:, cols], state, cols, each, use_reentrant=False)
             else:
-                out, state = self.forward(seg, state)
+                out, state = self._segment(ids[:, cols], state, cols, each)
             outs.append(out)
         return outs, state
+
+    def logits(self, h: Tensor) -> Tensor:
+        """The LM head on final hidden states (..., hidden) -> (..., V)."""
+        return self.hf.lm_head(self.hf.model.norm(h))
+
+    def with_config(self, cfg: MemoryConfig) -> InfiniModel:
+        """The same model under another MemoryConfig: the HF weights (and any LoRA on them) and the
+        gates are shared, not copied, so training or loading an adapter into either changes both.
+        ``cfg.gate_init`` is ignored (the gates exist already)."""
+        if cfg == self.cfg:
+            return self
+        other = InfiniModel(self.hf, cfg)
+        other.gates = self.gates  # share the trained beta
+        other.name = self.name
+        return other
 
     def new_cache(self, batch: int = 1) -> LocalCache:
         """An empty preallocated local cache of one segment for ``batch`` streams."""
@@ -170,8 +195,12 @@ class InfiniModel(nn.Module):
 
     # ---- the layer loop ---------------------------------------------------------------------
 
-    def _run_all_logits(self, ids: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState | None]:
-        return self._run(ids, state, pos=0, cache=None, write=True, logits="all")
+    def _segment(
+        self, ids: Tensor, state: MemoryState | None, cols: slice, each: PerSegment
+    ) -> tuple[Any, MemoryState | None]:
+        """One segment of ``forward_segments`` (the unit that is checkpointed)."""
+        h, state = self._layers(ids, state, pos=0, cache=None, write=True)
+        return each(h, cols), state
 
     def _run(
         self,
@@ -183,7 +212,20 @@ class InfiniModel(nn.Module):
         write: bool,
         logits: Logits,
     ) -> tuple[Tensor | None, MemoryState | None]:
-        """ids (b, n) at local positions pos..pos+n-1 through every layer."""
+        """ids (b, n) at local positions pos..pos+n-1 through every layer and, unless ``logits`` is
+        "none", the LM head."""
+        h, new_state = self._layers(ids, state, pos=pos, cache=cache, write=write)
+        if logits == "none":
+            return None, new_state
+        if logits == "last":
+            h = h[:, -1]
+        return self.logits(h), new_state
+
+    def _layers(
+        self, ids: Tensor, state: MemoryState | None, *, pos: int, cache: LocalCache | None, write: bool
+    ) -> tuple[Tensor, MemoryState | None]:
+        """ids (b, n) at local positions pos..pos+n-1 through every layer -> (final hidden states
+        before the norm (b, n, hidden), new memory state)."""
         m = self.hf.model
         h = m.embed_tokens(ids)  # (b, n, hidden)
         cos, sin = self._rope(pos, ids.shape[1], h)
@@ -207,12 +249,7 @@ class InfiniModel(nn.Module):
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             Ms.append(M)
             zs.append(z)
-        new_state = MemoryState(tuple(Ms), tuple(zs)) if write else state
-        if logits == "none":
-            return None, new_state
-        if logits == "last":
-            h = h[:, -1]
-        return self.hf.lm_head(m.norm(h)), new_state
+        return h, MemoryState(tuple(Ms), tuple(zs)) if write else state
 
     def _attention(
         self,
@@ -328,8 +365,7 @@ def _check_supported(model: nn.Module, cfg: MemoryConfig) -> None:
             hasattr(layer.self_attn, p) for p in _ATTN_PARTS
         ):
             raise PatchError(f"{kind} layer lacks the q/k/v/o projections, norms or MLP InfiniModel needs")
-    if cfg.segment_len < 1:
-        raise ConfigError(f"segment length must be positive, got {cfg.segment_len}")
+    # segment_len >= 1 and the update rule are MemoryConfig's own checks; the window needs the model
     window = getattr(c, "sliding_window", None)
     windowed = kind == "mistral" or getattr(c, "use_sliding_window", False)
     if window and windowed and cfg.segment_len > window:
@@ -345,51 +381,3 @@ def convert(model: nn.Module, cfg: MemoryConfig | None = None) -> InfiniModel:
     The gates are created on the model's device; raises PatchError for an unsupported architecture.
     """
     return InfiniModel(model, cfg or MemoryConfig())
-
-
-def save_adapter(model: InfiniModel, path: str | Path, card: dict[str, Any]) -> None:
-    """Save the Infini parameters (``infini_state_dict``) as safetensors with ``card`` as JSON metadata."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.infini_state_dict().items()}
-    save_file(tensors, str(path), metadata={"card": json.dumps(card)})
-
-
-def load_adapter(model: InfiniModel, path: str | Path) -> dict[str, Any]:
-    """Load Infini parameters saved by ``save_adapter`` into ``model`` -> the adapter's card.
-
-    Never unpickles. Raises CheckpointError for a missing or damaged file, a card whose memory
-    variant or update rule differs from the model's MemoryConfig, or names/shapes that do not match.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"adapter {path} not found: check the path or train one first")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            card = json.loads((f.metadata() or {}).get("card", "{}"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"adapter {path} is damaged ({e}): save it again") from e
-    mem = card.get("memory") or {}  # cards written before variants existed hold the paper's
-    got = (mem.get("variant", "paper"), mem.get("update", model.cfg.update))
-    if got != (model.cfg.variant, model.cfg.update):
-        raise CheckpointError(
-            f"adapter {path} was trained with the {got[0]} memory variant and the {got[1]} rule, this "
-            f"model uses {model.cfg.variant} and {model.cfg.update}: use the adapter's settings or retrain"
-        )
-    if any(LORA_MARKER in k for k in tensors):
-        # the adapter carries low-rank weights: wrap the projections it names first (in place, on
-        # the HF model this InfiniModel runs; projections already wrapped are left alone)
-        add_lora_from_state(model, tensors, alpha=(card.get("lora") or {}).get("alpha"))
-    own = model.infini_state_dict()
-    if set(tensors) != set(own):
-        raise CheckpointError(f"adapter {path} holds {sorted(tensors)}, this model expects {sorted(own)}")
-    for k, t in tensors.items():
-        if t.shape != own[k].shape:
-            raise CheckpointError(
-                f"adapter {path}: {k} has shape {tuple(t.shape)}, this model needs "
-                f"{tuple(own[k].shape)}: it was trained for another model"
-            )
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for k, t in tensors.items():
-            params[k].copy_(t.to(params[k].dtype))
-    return card
