@@ -49,7 +49,8 @@ from infsum.tokenizer import first_line
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {"squality-dev": SHARED_DATA / "squality" / "dev", "books": SHARED_DATA / "books"}
-INFINI_VARIANTS = ("infini", "infini-memory-off", "infini-untrained")
+# the infini strategy with its memory off, and without its adapter: the controls it is measured against
+INFINI_CONTROLS = ("infini-memory-off", "infini-untrained")
 COLUMNS = (*METRICS, "overall")
 
 
@@ -165,9 +166,9 @@ class Runner:
 
     def uses_model(self, strategy: str) -> bool:
         """Whether ``strategy`` runs the model (lead and TextRank do not)."""
-        from infsum.strategies import MODEL_STRATEGIES
+        from infsum.strategies import get_strategy
 
-        return strategy in (*MODEL_STRATEGIES, *INFINI_VARIANTS)
+        return strategy in INFINI_CONTROLS or get_strategy(strategy).needs_model
 
     def where(self, strategy: str) -> dict:
         """Where ``strategy`` runs: device (with the GPU's name) and dtype; extractive ones on the CPU."""
@@ -182,25 +183,17 @@ class Runner:
         return {"device": device, "dtype": str(loaded.model.dtype).removeprefix("torch.")}
 
     def summarize(self, strategy: str, book: Book, words: int) -> str:
-        """The summary of ``book`` in about ``words`` words with ``strategy``."""
-        if strategy in INFINI_VARIANTS:
-            return self._infini(strategy, book, words)
-        from infsum.config import GenerationConfig
-        from infsum.strategies import run_strategy
-
-        loaded = self.loaded() if self.uses_model(strategy) else None
-        return run_strategy(strategy, book, words=words, loaded=loaded, gen=GenerationConfig())
-
-    def _infini(self, strategy: str, book: Book, words: int) -> str:
+        """The summary of ``book`` in about ``words`` words with ``strategy``, through the same entry
+        point as ``infsum BOOK --strategy`` (so every model strategy's output is trimmed alike)."""
         from infsum.config import SummarizeConfig
         from infsum.pipeline import summarize
 
-        cfg = SummarizeConfig(model=self.spec.name, device=self.spec.device, words=words)
+        cfg = SummarizeConfig(model=self.spec.name, device=self.spec.device, words=words, strategy=strategy)
         if strategy == "infini-memory-off":
-            cfg = replace(cfg, memory=replace(cfg.memory, enabled=False))
+            cfg = replace(cfg, strategy="infini", memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":
-            cfg = replace(cfg, adapter=None)
-        return summarize(book, cfg, model=self.loaded()).summary
+            cfg = replace(cfg, strategy="infini", adapter=None)
+        return summarize(book, cfg, model=self.loaded() if self.uses_model(strategy) else None).summary
 
 
 def item_path(run_dir: Path, strategy: str, item: Item) -> Path:
@@ -503,9 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in (*STRATEGIES, *INFINI_VARIANTS)]
+    unknown = [s for s in strategies if s not in (*STRATEGIES, *INFINI_CONTROLS)]
     if unknown:
-        sys.exit(f"unknown strategies {unknown}; use: {', '.join((*STRATEGIES, *INFINI_VARIANTS))}")
+        sys.exit(f"unknown strategies {unknown}; use: {', '.join((*STRATEGIES, *INFINI_CONTROLS))}")
     if args.versus and args.versus not in strategies:
         sys.exit(f"--versus {args.versus}: not among --strategies {args.strategies}")
     words = None if args.words == "ref" else int(args.words)

@@ -40,7 +40,7 @@ _EXPORTS = {
     "save_adapter": "infsum.engine",
     "load_adapter": "infsum.engine",
     "ready": "infsum.engine",
-    "run_strategy": "infsum.strategies",
+    "STRATEGIES": "infsum.strategies",
     "run_passkey": "infsum.passkey",
 }
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .config import SummarizeConfig
 from .errors import BookNotFoundError, InfsumError, OutputError
-from .pipeline import Progress, Step, Summarizer, SummaryResult, rouge_from_dict
+from .pipeline import Summarizer, SummaryResult, rouge_from_dict
+from .progress import Progress, Step
 from .readers import SUFFIXES
 from .scoring import MetricSummary, RougeScores, read_text_file, summarize_scores
 

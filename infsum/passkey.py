@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from infsum.config import DEFAULT_SEGMENT_LEN, GenerationConfig, MemoryConfig
 from infsum.engine import InfiniModel, InfiniReader
 from infsum.errors import ConfigError, EmptyDocumentError
 from infsum.models import LoadedModel
+from infsum.progress import Counter
 from infsum.prompt import chat_prompt
 from infsum.tokenizer import Tokenizer
 
@@ -227,7 +228,7 @@ def run_passkey(
     memory: bool = True,
     seed: int = 0,
     filler: Sequence[Path] = (),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Counter | None = None,
 ) -> PasskeyReport:
     """Run the passkey test: ``trials`` samples per (length, depth), answered greedily, scored exactly.
 

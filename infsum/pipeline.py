@@ -1,45 +1,34 @@
-"""Book -> summary (+ ROUGE): the library's main job, as one function over the readers and the engine.
+"""Book -> summary (+ ROUGE): the library's main job, the one entry point for every strategy.
 
-``summarize(book, cfg)`` reads the book, builds one chat turn (the book, then the instruction),
-streams the book's tokens through the Infini model segment by segment, generates the summary from
-the memory, and returns a ``SummaryResult`` that the CLI renders as Markdown or JSON. A
-``Summarizer`` loads the model once and reuses it across books (the batch runner uses one).
+``summarize(book, cfg)`` reads the book, loads what the configured strategy needs (the model; for
+``infini`` the model with its memory and adapter), runs the strategy (``infsum.strategies``: the
+default streams the whole book through the Infini memory and writes the summary from it), trims a
+model's cut-off last sentence, scores against references, and returns a ``SummaryResult`` that the
+CLI renders as Markdown or JSON. A ``Summarizer`` loads the model once and reuses it across books
+(the batch runner and ``bench/quality.py`` use one).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import SummarizeConfig
 from .errors import ConfigError
-from .prompt import INSTRUCTION, book_tokens, chat_prompt, max_new_tokens, min_new_tokens, trim_to_sentence
+from .progress import Progress, Step, ignore
+from .prompt import trim_to_sentence
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
+from .strategies import STRATEGIES, Job, get_strategy
 
 if TYPE_CHECKING:
+    from .engine import Ready
     from .models import LoadedModel
-
-
-@dataclass(frozen=True)
-class Step:
-    """One progress report: ``stage`` is "read", "load", "stream", "generate" (or "book" in a batch);
-    ``done`` of ``total`` in the stage's unit (tokens for stream and generate); ``detail`` is the
-    chapter being read, the book of a batch, or a model-loading message."""
-
-    stage: str
-    done: int
-    total: int
-    detail: str | None = None
-
-
-Progress = Callable[[Step], None]
 
 
 @dataclass(frozen=True)
@@ -115,16 +104,6 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def chapter_at(starts: Sequence[tuple[int, str]], offset: int) -> str | None:
-    """Title of the chapter whose tokens cover ``offset``, from (first token, title) pairs in order."""
-    current = None
-    for start, title in starts:
-        if start > offset:
-            break
-        current = title
-    return current
-
-
 class Summarizer:
     """Summarizes books with ``cfg``; the model is loaded on first use and then reused."""
 
@@ -143,34 +122,59 @@ class Summarizer:
     ) -> SummaryResult:
         """Summarize one book (a path or a ``Book``); score it when reference texts are given;
         save the memory state after reading to ``state_path`` when given."""
-        report = progress or (lambda step: None)
+        report = progress or ignore
+        strategy = get_strategy(self.cfg.strategy)
+        if state_path is not None and not strategy.memory:
+            readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
+            raise ConfigError(f"{state_path}: only the {readers} strategy has a memory state to save")
         t0 = time.perf_counter()
         if not isinstance(book, Book):
             report(Step("read", 0, 1))
             book = load_book(book, password=self.cfg.password)
         seconds = {"read": time.perf_counter() - t0}
-        if self.cfg.strategy == "infini":
-            fields = self._infini_summary(book, seconds, report, state_path)
-        elif state_path is not None:
-            raise ConfigError(f"{state_path}: only the infini strategy has a memory state to save")
-        else:
-            fields = self._strategy_summary(book, seconds, report)
+        loaded = infini = None
+        if strategy.needs_model:
+            t0 = time.perf_counter()
+            loaded = self.loaded(report)
+            infini = self.infini(report) if strategy.memory else None
+            seconds["load"] = time.perf_counter() - t0
+        job = Job(
+            book,
+            self.cfg.words,
+            self.cfg.generation,
+            loaded=loaded,
+            infini=infini,
+            progress=report,
+            state_path=Path(state_path) if state_path is not None else None,
+        )
+        t0 = time.perf_counter()
+        draft = strategy.run(job)
+        seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
+        # a model writes until its token budget: a last sentence cut off mid-way is dropped
+        summary = trim_to_sentence(draft.summary) if strategy.needs_model else draft.summary
         stream_s = seconds.get("stream", 0.0)
+        generation = draft.generation or asdict(self.cfg.generation)
         return SummaryResult(
+            summary=summary,
             input=book.source,
             title=book.title,
             author=book.author,
             words=book.words,
+            tokens=draft.tokens,
+            segments=draft.segments,
             segment_len=self.cfg.memory.segment_len,
+            model=loaded.name if loaded else None,
+            adapter=draft.adapter,
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
             strategy=self.cfg.strategy,
+            device=str(loaded.device) if loaded else None,
+            generation=generation if loaded else {},
             seconds={k: round(v, 3) for k, v in seconds.items()},
-            tokens_per_s=round(fields["tokens"] / stream_s, 1) if stream_s else 0.0,
+            tokens_per_s=round(draft.tokens / stream_s, 1) if stream_s else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             infsum_version=__version__,
-            rouge=score(fields["summary"], references) if references else None,
-            **fields,
+            rouge=score(summary, references) if references else None,
         )
 
     # -- model and adapter
@@ -187,7 +191,7 @@ class Summarizer:
             report(Step("load", 1, 1))
         return self._loaded
 
-    def infini(self, report: Progress):
+    def infini(self, report: Progress) -> Ready:
         """The ready model (``infsum.engine.Ready``: the loaded model converted to Infini-attention,
         with the configured adapter loaded, and that adapter's path or None)."""
         if self._infini is None:
@@ -195,82 +199,6 @@ class Summarizer:
 
             self._infini = ready(self.loaded(report), self.cfg.memory, self.cfg.adapter)
         return self._infini
-
-    # -- the two ways to summarize
-
-    def _infini_summary(
-        self, book: Book, seconds: dict[str, float], report: Progress, state_path: str | Path | None
-    ) -> dict:
-        from .engine import InfiniReader, save_state
-
-        t0 = time.perf_counter()
-        loaded = self.loaded(report)
-        model, adapter = self.infini(report)
-        seconds["load"] = time.perf_counter() - t0
-        tok = loaded.tokenizer
-        ids, starts = book_tokens(tok, book)
-        seg = self.cfg.memory.segment_len
-        reader = InfiniReader(model)
-
-        def on_tokens(done: int, total: int) -> None:
-            report(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
-
-        t0 = time.perf_counter()
-        state = reader.read(ids, progress=on_tokens)
-        seconds["stream"] = time.perf_counter() - t0
-        if state_path is not None:
-            save_state(state, state_path)
-        budget = max_new_tokens(self.cfg.words)
-        gen = replace(self.cfg.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
-        # the book (with the turn's opening) is in memory: the generation prompt closes the turn
-        prompt = list(chat_prompt(tok, INSTRUCTION.format(words=self.cfg.words)).closing)
-        out: list[int] = []
-        t0 = time.perf_counter()
-        reader.generate(
-            state,
-            prompt,
-            gen,
-            tok.eos_ids,
-            on_token=lambda t: (out.append(t), report(Step("generate", len(out), gen.max_new_tokens))),
-        )
-        seconds["generate"] = time.perf_counter() - t0
-        return {
-            "summary": trim_to_sentence(tok.decode(out, skip_special=True)),
-            "tokens": len(ids),
-            "segments": math.ceil(len(ids) / seg),
-            "model": loaded.name,
-            "adapter": str(adapter) if adapter else None,
-            "device": str(loaded.device),
-            "generation": asdict(gen),
-        }
-
-    def _strategy_summary(self, book: Book, seconds: dict[str, float], report: Progress) -> dict:
-        from .strategies import MODEL_STRATEGIES, run_strategy
-
-        loaded = None
-        if self.cfg.strategy in MODEL_STRATEGIES:
-            t0 = time.perf_counter()
-            loaded = self.loaded(report)
-            seconds["load"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        summary = run_strategy(
-            self.cfg.strategy,
-            book,
-            words=self.cfg.words,
-            loaded=loaded,
-            gen=self.cfg.generation,
-            progress=lambda d, t: report(Step("generate", d, t)),
-        )
-        seconds["generate"] = time.perf_counter() - t0
-        return {
-            "summary": trim_to_sentence(summary) if loaded else summary,
-            "tokens": 0,
-            "segments": 0,
-            "model": loaded.name if loaded else None,
-            "adapter": None,
-            "device": str(loaded.device) if loaded else None,
-            "generation": asdict(self.cfg.generation) if loaded else {},
-        }
 
 
 def summarize(

@@ -75,6 +75,17 @@ def book_tokens(tok: Tokenizer, book: Book) -> tuple[list[int], list[tuple[int, 
     return ids, starts
 
 
+def chapter_at(starts: Sequence[tuple[int, str]], offset: int) -> str | None:
+    """Title of the chapter whose tokens cover ``offset``, from ``book_tokens``' (first token,
+    title) pairs."""
+    current = None
+    for start, title in starts:
+        if start > offset:
+            break
+        current = title
+    return current
+
+
 def max_new_tokens(words: int) -> int:
     """Generation budget for a summary of about ``words`` words."""
     return min(math.ceil(words * TOKENS_PER_WORD), MAX_NEW_TOKENS)

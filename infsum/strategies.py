@@ -1,153 +1,144 @@
-"""Non-Infini summarizers: lead, TextRank, truncated-context and hierarchical model summaries.
+"""The summarizing strategies, one registry: the Infini summary and the baselines it is measured against.
 
-``run_strategy(name, book, ...)`` is the one entry point (the CLI's ``--strategy`` and
-``bench/quality.py`` use it). ``lead`` and ``textrank`` are extractive and need no model;
-``truncate-head``, ``truncate-tail`` and ``hierarchical`` run the same base model with ordinary
-attention (the engine with memory off, one segment) on what fits its context window.
+``STRATEGIES`` maps each name (the CLI's ``--strategy`` choices) to a ``Strategy``: what it runs,
+whether it needs the model and whether it reads the book through the Infini memory. The pipeline
+runs every strategy the same way (``infsum.summarize``; ``bench/quality.py`` calls it too): it loads
+what the strategy needs, calls it with a ``Job`` and trims what a model wrote.
+
+- ``infini`` streams the whole book through the converted model, segment by segment, and writes
+  the summary from the memory (the tool's purpose);
+- ``lead`` and ``textrank`` are extractive (``infsum.extractive``) and need no model;
+- ``truncate-head``, ``truncate-tail`` and ``hierarchical`` run the same base model with ordinary
+  attention (the engine with memory off, one segment) on what fits its context window.
+
+A new strategy is a function ``(Job) -> Draft`` and one entry in ``STRATEGIES``.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from .config import GenerationConfig
 from .errors import ConfigError
-from .prompt import CHUNK_INSTRUCTION, INSTRUCTION, chat_prompt, max_new_tokens
-from .sentences import split_sentences
+from .progress import Counter, Progress, Step, ignore
+from .prompt import (
+    CHUNK_INSTRUCTION,
+    INSTRUCTION,
+    book_tokens,
+    chapter_at,
+    chat_prompt,
+    max_new_tokens,
+    min_new_tokens,
+)
 
 if TYPE_CHECKING:
+    from .engine import Ready
     from .models import LoadedModel
     from .readers import Book
 
-STRATEGIES = ("lead", "textrank", "truncate-head", "truncate-tail", "hierarchical")
-MODEL_STRATEGIES = ("truncate-head", "truncate-tail", "hierarchical")
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
 
-Progress = Callable[[int, int], None]
+
+@dataclass(frozen=True)
+class Job:
+    """What a strategy is given: the book, the summary's length, the decoding settings and, as the
+    strategy declares, the loaded model and the ready Infini model (its memory configuration and
+    adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state."""
+
+    book: Book
+    words: int
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    loaded: LoadedModel | None = None
+    infini: Ready | None = None
+    progress: Progress = ignore
+    state_path: Path | None = None
+
+    def model(self, name: str) -> LoadedModel:
+        """The loaded model; ConfigError when the caller gave none."""
+        if self.loaded is None:
+            raise ConfigError(f"strategy {name!r} runs a model: pass loaded=load_model(...)")
+        return self.loaded
 
 
-# ---------------------------------------------------------------- lead
+@dataclass(frozen=True)
+class Draft:
+    """What a strategy returns: the summary as written (the pipeline trims a model's cut-off last
+    sentence), and how it was made."""
+
+    summary: str
+    tokens: int = 0  # tokens streamed through the memory
+    segments: int = 0
+    adapter: str | None = None
+    generation: dict | None = None  # the decoding settings used, when they differ from the Job's
+    seconds: dict[str, float] = field(default_factory=dict)  # stages timed inside (stream, generate)
 
 
-def lead(text: str, words: int) -> str:
-    """The first ``words`` whitespace-separated words of ``text``, joined by single spaces."""
-    return " ".join(text.split()[:words])
+@dataclass(frozen=True)
+class Strategy:
+    """One way to summarize a book: ``run(job) -> Draft``; ``needs_model``: the pipeline loads the
+    model first; ``memory``: it reads through the Infini memory (the pipeline builds the ready model
+    with the configured memory and adapter, and the memory state can be saved)."""
+
+    name: str
+    run: Callable[[Job], Draft]
+    needs_model: bool
+    memory: bool
+    help: str
 
 
-# ---------------------------------------------------------------- textrank
-
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further had
-    has have having he her here hers herself him himself his how i if in into is it its itself just
-    me more most my myself no nor not now of off on once only or other our ours ourselves out over
-    own same she should so some such than that the their theirs them themselves then there these
-    they this those through to too under until up very was we were what when where which while who
-    whom why will with would you your yours yourself yourselves said says say one upon shall may
-    might must"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-DAMPING = 0.85
-MAX_GRAPH_SENTENCES = 2000  # the graph is dense (n x n): above this, pre-select by weighted degree
-MIN_SENTENCE_WORDS = 8  # shorter sentences (headings, dialogue tags, "Yes.") are never picked
+# ---------------------------------------------------------------- the Infini summary
 
 
-def _tfidf_postings(sentences: list[str]) -> tuple[list[dict[int, float]], int]:
-    """One sparse L2-normalised TF-IDF vector ``{term id: weight}`` per sentence, and the vocab size."""
-    bags = [Counter(w for w in _WORD.findall(s.lower()) if w not in _STOPWORDS) for s in sentences]
-    df: Counter[str] = Counter()
-    for bag in bags:
-        df.update(bag.keys())
-    vocab = {t: i for i, t in enumerate(df)}
-    n = len(sentences)
-    vectors = []
-    for bag in bags:
-        vec = {vocab[t]: (1 + math.log(c)) * math.log(n / df[t] + 1) for t, c in bag.items()}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        vectors.append({t: v / norm for t, v in vec.items()})
-    return vectors, len(vocab)
+def infini(job: Job) -> Draft:
+    """Stream the chat opening and the whole book through the memory, then generate the summary
+    from the memory and the local segment (the instruction closes the user turn)."""
+    from .engine import InfiniReader, save_state
+
+    if job.infini is None:
+        raise ConfigError("strategy 'infini' reads through the memory: pass infini=engine.ready(...)")
+    tok = job.model("infini").tokenizer
+    model, adapter = job.infini
+    ids, starts = book_tokens(tok, job.book)
+    reader = InfiniReader(model)
+
+    def on_tokens(done: int, total: int) -> None:
+        job.progress(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
+
+    t0 = time.perf_counter()
+    state = reader.read(ids, progress=on_tokens)
+    stream_s = time.perf_counter() - t0
+    if job.state_path is not None:
+        save_state(state, job.state_path)
+    budget = max_new_tokens(job.words)
+    gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
+    # the book (with the turn's opening) is in memory: the generation prompt closes the turn
+    prompt = list(chat_prompt(tok, INSTRUCTION.format(words=job.words)).closing)
+    out: list[int] = []
+    t0 = time.perf_counter()
+    reader.generate(
+        state,
+        prompt,
+        gen,
+        tok.eos_ids,
+        on_token=lambda t: (out.append(t), job.progress(Step("generate", len(out), gen.max_new_tokens))),
+    )
+    return Draft(
+        tok.decode(out, skip_special=True),
+        tokens=len(ids),
+        segments=math.ceil(len(ids) / model.cfg.segment_len),
+        adapter=str(adapter) if adapter else None,
+        generation=asdict(gen),
+        seconds={"stream": stream_s, "generate": time.perf_counter() - t0},
+    )
 
 
-def _cosine_matrix(vectors: list[dict[int, float]]) -> np.ndarray:
-    """Dense (n, n) cosine similarity of sparse unit vectors, diagonal zeroed, via term postings."""
-    postings: dict[int, list[tuple[int, float]]] = {}
-    for i, vec in enumerate(vectors):
-        for t, w in vec.items():
-            postings.setdefault(t, []).append((i, w))
-    n = len(vectors)
-    sim = np.zeros((n, n), dtype=np.float64)
-    for plist in postings.values():
-        if len(plist) < 2:  # a term in one sentence links nothing
-            continue
-        idx = np.fromiter((i for i, _ in plist), dtype=np.int64, count=len(plist))
-        w = np.fromiter((x for _, x in plist), dtype=np.float64, count=len(plist))
-        sim[np.ix_(idx, idx)] += np.outer(w, w)  # no repeated index inside one posting list
-    np.fill_diagonal(sim, 0.0)
-    return sim
-
-
-def pagerank(
-    sim: np.ndarray, *, damping: float = DAMPING, tol: float = 1e-8, max_iter: int = 200
-) -> np.ndarray:
-    """PageRank scores (summing to 1) of the weighted undirected graph ``sim``, by power iteration."""
-    n = sim.shape[0]
-    out_weight = sim.sum(axis=1)
-    dangling = out_weight == 0  # isolated sentences spread their rank uniformly
-    trans = np.divide(sim, out_weight[:, None], out=np.zeros_like(sim), where=~dangling[:, None])
-    rank = np.full(n, 1.0 / n)
-    for _ in range(max_iter):
-        new = damping * (rank @ trans + rank[dangling].sum() / n) + (1 - damping) / n
-        if np.abs(new - rank).sum() < tol:
-            return new
-        rank = new
-    return rank
-
-
-def _rank_sentences(sentences: list[str], candidates: list[int]) -> list[int]:
-    """Candidate indices ordered best first by PageRank over their TF-IDF cosine graph."""
-    vectors, vocab_size = _tfidf_postings([sentences[i] for i in candidates])
-    if len(candidates) > MAX_GRAPH_SENTENCES:
-        # weighted degree in a cosine graph is x_i . sum_j x_j: one pass, no n x n matrix
-        total = np.zeros(vocab_size)
-        for vec in vectors:
-            for t, w in vec.items():
-                total[t] += w
-        degree = np.array([sum(w * total[t] for t, w in vec.items()) for vec in vectors])
-        keep = np.sort(np.argsort(-degree, kind="stable")[:MAX_GRAPH_SENTENCES])
-        candidates = [candidates[k] for k in keep]
-        vectors = [vectors[k] for k in keep]
-    scores = pagerank(_cosine_matrix(vectors))
-    order = np.argsort(-scores, kind="stable")  # ties go to the earlier sentence
-    return [candidates[k] for k in order]
-
-
-def textrank(text: str, words: int) -> str:
-    """Extractive summary of at most ``words`` words: the highest-PageRank sentences of a TF-IDF
-    cosine graph (damping 0.85), in document order. Sentences that would overflow the budget are
-    skipped in favour of the next-ranked ones that fit."""
-    sentences = split_sentences(text)
-    lengths = [len(s.split()) for s in sentences]
-    candidates = [i for i, k in enumerate(lengths) if k >= MIN_SENTENCE_WORDS]
-    if not candidates:
-        return lead(text, words)
-    chosen, used = [], 0
-    for i in _rank_sentences(sentences, candidates):
-        if used + lengths[i] <= words:
-            chosen.append(i)
-            used += lengths[i]
-        if words - used < MIN_SENTENCE_WORDS:
-            break
-    return " ".join(sentences[i] for i in sorted(chosen))
-
-
-# ---------------------------------------------------------------- model strategies
+# ---------------------------------------------------------------- model baselines
 
 
 class WindowSummarizer:
@@ -197,7 +188,7 @@ class WindowSummarizer:
 
 
 def truncate(
-    model: WindowSummarizer, text: str, words: int, *, tail: bool, progress: Progress | None = None
+    model: WindowSummarizer, text: str, words: int, *, tail: bool, progress: Counter | None = None
 ) -> str:
     """Summary from as much of ``text`` as fits the context window: its first (head) or last
     (tail) tokens. ``progress`` counts generated tokens."""
@@ -216,7 +207,7 @@ def truncate(
     return model.summarize(ids, instruction, words, on_token)
 
 
-def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Progress | None = None) -> str:
+def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Counter | None = None) -> str:
     """Map-reduce summary: fixed chunks of ``CHUNK_TOKENS`` (fewer in a small window) summarized,
     then groups of those summaries summarized, until they fit the window beside the final prompt.
     ``progress`` counts model calls (the total grows as levels are added)."""
@@ -262,31 +253,59 @@ def _pack(parts: list[list[int]], sep: list[int], limit: int) -> list[list[int]]
     return groups
 
 
-# ---------------------------------------------------------------- entry point
+# ---------------------------------------------------------------- the registry
 
 
-def run_strategy(
-    name: str,
-    book: Book,
-    *,
-    words: int,
-    loaded: LoadedModel | None = None,
-    gen: GenerationConfig | None = None,
-    progress: Progress | None = None,
-) -> str:
-    """Summarize ``book`` in about ``words`` words with the strategy ``name`` (one of
-    ``STRATEGIES``). Model strategies need ``loaded``; ``gen`` defaults to ``GenerationConfig()``."""
+def _lead(job: Job) -> Draft:
+    from .extractive import lead
+
+    return Draft(lead(job.book.text, job.words))
+
+
+def _textrank(job: Job) -> Draft:
+    from .extractive import textrank
+
+    return Draft(textrank(job.book.text, job.words))
+
+
+def _window(job: Job, name: str) -> WindowSummarizer:
+    return WindowSummarizer(job.model(name), job.generation)
+
+
+def _count_generated(job: Job) -> Counter:
+    return lambda done, total: job.progress(Step("generate", done, total))
+
+
+def _truncate_head(job: Job) -> Draft:
+    model = _window(job, "truncate-head")
+    return Draft(truncate(model, job.book.text, job.words, tail=False, progress=_count_generated(job)))
+
+
+def _truncate_tail(job: Job) -> Draft:
+    model = _window(job, "truncate-tail")
+    return Draft(truncate(model, job.book.text, job.words, tail=True, progress=_count_generated(job)))
+
+
+def _hierarchical(job: Job) -> Draft:
+    model = _window(job, "hierarchical")
+    return Draft(hierarchical(model, job.book.text, job.words, progress=_count_generated(job)))
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("infini", infini, True, True, "the whole book through the Infini memory"),
+        Strategy("lead", _lead, False, False, "the book's first words"),
+        Strategy("textrank", _textrank, False, False, "the most central sentences (TextRank)"),
+        Strategy("truncate-head", _truncate_head, True, False, "the model on the book's opening"),
+        Strategy("truncate-tail", _truncate_tail, True, False, "the model on the book's end"),
+        Strategy("hierarchical", _hierarchical, True, False, "the model on chunks, then on their summaries"),
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy ``name``; ConfigError naming the choices if there is none."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGIES)}")
-    if words < 1:
-        raise ConfigError(f"summary length {words} words is too small; give --words 1 or more")
-    if name == "lead":
-        return lead(book.text, words)
-    if name == "textrank":
-        return textrank(book.text, words)
-    if loaded is None:
-        raise ConfigError(f"strategy {name!r} runs a model: pass loaded=load_model(...)")
-    model = WindowSummarizer(loaded, gen or GenerationConfig())
-    if name == "hierarchical":
-        return hierarchical(model, book.text, words, progress=progress)
-    return truncate(model, book.text, words, tail=name == "truncate-tail", progress=progress)
+    return STRATEGIES[name]

@@ -16,8 +16,8 @@ from infsum.config import MemoryConfig, SummarizeConfig
 from infsum.engine import convert, load_state, save_adapter
 from infsum.errors import CheckpointError, ConfigError
 from infsum.models import load_model
-from infsum.pipeline import Summarizer, chapter_at, summarize
-from infsum.prompt import INSTRUCTION, book_tokens, max_new_tokens, trim_to_sentence
+from infsum.pipeline import Summarizer, summarize
+from infsum.prompt import INSTRUCTION, book_tokens, chapter_at, max_new_tokens, trim_to_sentence
 from infsum.readers import Book, Chapter
 
 torch.set_num_threads(2)

@@ -1,4 +1,4 @@
-"""Strategies: lead, TextRank, the run_strategy entry point, and the model strategies' budgets."""
+"""Strategies: lead, TextRank, the registry, and the model strategies' budgets."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from infsum import strategies
 from infsum.config import GenerationConfig
 from infsum.errors import ConfigError
+from infsum.extractive import lead, pagerank, textrank
 from infsum.prompt import CHUNK_INSTRUCTION, INSTRUCTION, max_new_tokens
 from infsum.sentences import split_sentences
-from infsum.strategies import STRATEGIES, WindowSummarizer, lead, pagerank, run_strategy, textrank
+from infsum.strategies import STRATEGIES, Job, WindowSummarizer, get_strategy
 
 CENTRAL = "The old dragon guarded the golden treasure in the mountain cave."
 STORY = "\n\n".join(
@@ -79,16 +80,17 @@ def test_pagerank_is_a_distribution_and_favours_the_hub() -> None:
     assert ranks[1] == pytest.approx(ranks[3])
 
 
-def test_run_strategy_dispatches_extractive_strategies() -> None:
+def test_the_registry_runs_extractive_strategies_without_a_model() -> None:
     book = FakeBook(STORY)
-    assert run_strategy("lead", book, words=3) == "Bread rises slowly"
-    assert run_strategy("textrank", book, words=len(CENTRAL.split())) == CENTRAL
+    assert STRATEGIES["lead"].run(Job(book, 3)).summary == "Bread rises slowly"
+    assert STRATEGIES["textrank"].run(Job(book, len(CENTRAL.split()))).summary == CENTRAL
+    assert [s.name for s in STRATEGIES.values() if not s.needs_model] == ["lead", "textrank"]
 
 
-def test_run_strategy_rejects_an_unknown_name() -> None:
-    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
-        run_strategy("nope", FakeBook(STORY), words=10)
-    assert "infini" not in STRATEGIES  # that one lives in the pipeline
+def test_an_unknown_strategy_names_every_choice() -> None:
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'; use one of: infini, lead, textrank"):
+        get_strategy("nope")
+    assert [s.name for s in STRATEGIES.values() if s.memory] == ["infini"]  # the one with a memory
 
 
 # ---------------------------------------------------------------- model strategies (tiny random model)
@@ -141,14 +143,8 @@ def test_truncate_fits_the_window_and_keeps_the_right_end(tiny_loaded, monkeypat
     loaded = small_window(tiny_loaded, 400)
     calls = record_calls(monkeypatch)
     steps: list[tuple[int, int]] = []
-    out = run_strategy(
-        name,
-        FakeBook(PROSE),
-        words=20,
-        loaded=loaded,
-        gen=GenerationConfig(),
-        progress=lambda d, t: steps.append((d, t)),
-    )
+    job = Job(FakeBook(PROSE), 20, loaded=loaded, progress=lambda s: steps.append((s.done, s.total)))
+    out = STRATEGIES[name].run(job).summary
     (ids, instruction, words), book_ids = calls[0], loaded.tokenizer.encode(PROSE)
     assert instruction == INSTRUCTION.format(words=20) and words == 20
     assert ids == (book_ids[-len(ids) :] if name == "truncate-tail" else book_ids[: len(ids)])
@@ -162,9 +158,8 @@ def test_hierarchical_covers_the_text_in_chunks_and_reduces_until_it_fits(tiny_l
     loaded = small_window(tiny_loaded, 300)
     calls = record_calls(monkeypatch)
     steps: list[tuple[int, int]] = []
-    run_strategy(
-        "hierarchical", FakeBook(PROSE), words=20, loaded=loaded, progress=lambda d, t: steps.append((d, t))
-    )
+    job = Job(FakeBook(PROSE), 20, loaded=loaded, progress=lambda s: steps.append((s.done, s.total)))
+    STRATEGIES["hierarchical"].run(job)
     model = WindowSummarizer(loaded, GenerationConfig())
     book_ids = model.tok.encode(PROSE)
     firsts = []
@@ -183,4 +178,4 @@ def test_hierarchical_covers_the_text_in_chunks_and_reduces_until_it_fits(tiny_l
 
 def test_model_strategies_need_a_model() -> None:
     with pytest.raises(ConfigError, match="runs a model"):
-        run_strategy("hierarchical", FakeBook(STORY), words=10)
+        STRATEGIES["hierarchical"].run(Job(FakeBook(STORY), 10))

@@ -29,7 +29,7 @@ from . import logs
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 DEFAULT_VARIANT = MemoryConfig.variant
-STRATEGY_CHOICES = ("infini", *STRATEGIES)  # the engine, then every baseline of infsum.strategies
+STRATEGY_CHOICES = tuple(STRATEGIES)  # infini, then the baselines it is measured against
 
 
 def memory_variant(name: str) -> str:
@@ -136,7 +136,7 @@ class RunOptions:
         """The ``SummarizeConfig`` these options ask for."""
         return SummarizeConfig(
             model=self.model,
-            adapter=None if self.no_adapter else (str(self.adapter) if self.adapter else "default"),
+            adapter=None if self.no_adapter else (self.adapter or "default"),
             device=self.device,
             strategy=self.strategy,
             words=self.words,

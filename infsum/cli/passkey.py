@@ -35,12 +35,14 @@ def passkey_command(
     """The passkey test: a key hidden in filler at each depth, asked for at the end, answered greedily."""
     from rich.progress import Progress
 
+    from ..engine import ready
+    from ..models import load_model
     from ..passkey import run_passkey
-    from ..pipeline import Summarizer
 
-    summarizer = Summarizer(run.config())
-    infini, adapter_path = summarizer.infini(lambda step: None)
-    tokenizer = summarizer.loaded(lambda step: None).tokenizer
+    cfg = run.config()
+    loaded = load_model(cfg.model, device=cfg.device)
+    infini, adapter_path = ready(loaded, cfg.memory, cfg.adapter)
+    tokenizer = loaded.tokenizer
     with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
         task = bar.add_task("passkey trials", total=None)
         report = run_passkey(

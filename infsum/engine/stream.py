@@ -24,8 +24,8 @@ from infsum.config import GenerationConfig
 from infsum.engine.memory import MemoryState
 from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
+from infsum.progress import Counter
 
-Progress = Callable[[int, int], None]
 STATE_FORMAT = "infsum-state/1"
 
 
@@ -71,7 +71,7 @@ class InfiniReader:
 
     @torch.inference_mode()
     def read(
-        self, ids: Iterable[int] | Tensor, state: ReaderState | None = None, progress: Progress | None = None
+        self, ids: Iterable[int] | Tensor, state: ReaderState | None = None, progress: Counter | None = None
     ) -> ReaderState:
         """Read ``ids`` after ``state`` (None = from the start) -> the new state.
 
@@ -88,7 +88,7 @@ class InfiniReader:
         )
 
     def _run_full_segments(
-        self, buf: Tensor, memory: MemoryState | None, total: int, skip: int, progress: Progress | None
+        self, buf: Tensor, memory: MemoryState | None, total: int, skip: int, progress: Counter | None
     ) -> tuple[MemoryState | None, int]:
         """Write every complete segment of buf into memory -> (memory, tokens consumed)."""
         seg = self.cfg.segment_len
