@@ -73,6 +73,17 @@ def test_verbose_goes_before_a_book(cp1252_book: Path) -> None:
     assert result.stdout.startswith("# Summary of Caf\u00e9 ol\u00e9\n\nThe keeper counted\n")
 
 
+@pytest.mark.parametrize("where", ["after the book", "after a command"])
+def test_verbose_may_come_after_the_book_or_command(cp1252_book: Path, where: str) -> None:
+    if where == "after the book":
+        args = [str(cp1252_book), "--strategy", "lead", "--words", "3", "-v"]
+    else:
+        args = ["read", str(cp1252_book), "--json", "--verbose"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"info: {cp1252_book}: not UTF-8, read as Windows-1252\n"
+
+
 def test_a_summarize_run_shows_warnings_and_quiet_hides_them(broken_epub: Path) -> None:
     args = [str(broken_epub), "--strategy", "lead", "--words", "3"]
     loud = runner.invoke(app, args)

@@ -11,6 +11,7 @@ their bodies, so ``infsum --help`` stays fast.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated
 
 import typer
@@ -21,6 +22,8 @@ from ..errors import InfsumError
 from . import batch, logs, passkey, read, score, summarize, train
 
 __all__ = ["app", "main"]
+
+_VERBOSE = re.compile(r"-v+|--verbose")  # the root's -v, which no command uses for anything else
 
 EXAMPLES = """\
 Examples:
@@ -45,7 +48,11 @@ class DefaultCommandGroup(TyperGroup):
     code 2."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        """``args`` with ``summarize`` put in front of a first argument that names no command."""
+        """``args`` with ``summarize`` put in front of a first argument that names no command, and
+        -v/--verbose moved to the front from wherever it was given (``infsum book.txt -v``)."""
+        end = args.index("--") if "--" in args else len(args)  # after --, everything is an argument
+        verbose = [a for a in args[:end] if _VERBOSE.fullmatch(a)]
+        args = verbose + [a for a in args[:end] if not _VERBOSE.fullmatch(a)] + args[end:]
         n = 0
         while n < len(args) and self._is_root_flag(args[n]):
             n += 1
