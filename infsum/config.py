@@ -83,6 +83,10 @@ class TrainConfig:
     batch_size: int = 8  # samples per step per process
     segment_len: int = 512
     segments: tuple[int, int] = (2, 4)  # segments per sample, drawn uniformly per step
+    # a curriculum over the number of segments: stages of (min, max) segments per sample, each
+    # taking an equal share of the run (of its steps, or of max_seconds when that ends it sooner);
+    # empty = ``segments`` throughout (RMT/ARMT grow 2 -> 3 -> 5 -> 8 -> 16)
+    curriculum: tuple[tuple[int, int], ...] = ()
     lr: float = 3e-4  # LoRA (or every weight with full_finetune)
     gate_lr: float = 5e-2  # the gates learn ~100x faster than the body or they never leave their init
     weight_decay: float = 0.0  # body only: gates never decay
@@ -96,7 +100,9 @@ class TrainConfig:
     mix: tuple[float, float, float] = (0.2, 0.6, 0.2)  # language modelling, passkey, summary pairs
     corpus: tuple[Path, ...] = ()  # text files or directories of *.txt.gz books (LM and passkey filler)
     exclude: tuple[str, ...] = ()  # corpus file names held out (e.g. for the perplexity check)
-    summaries: tuple[Path, ...] = ()  # jsonl: {document, summary} or SQuALITY records
+    summaries: tuple[Path, ...] = ()  # jsonl (or .jsonl.gz): {document, summary} or SQuALITY records
+    passkey_anywhere: bool = False  # keys at any depth, the local segment too (else before the last one)
+    init_adapter: Path | None = None  # start from this adapter's gates and LoRA (same settings)
     warmup: int = 10
     grad_clip: float = 1.0
     grad_checkpointing: bool = True

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from infsum.config import MemoryConfig, TrainConfig
-from infsum.engine.adapter import ADAPTER_FORMAT, save_adapter
+from infsum.engine.adapter import ADAPTER_FORMAT, load_adapter, save_adapter
 from infsum.engine.lora import add_lora, lora_settings
 from infsum.engine.memory import get_variant
 from infsum.engine.model import InfiniModel
@@ -297,6 +297,8 @@ def train(
         loaded.model.to(procs.device)
     torch.manual_seed(cfg.seed)  # LoRA's A init: the same on every process
     model = build_model(loaded.model, cfg).train()
+    if cfg.init_adapter is not None:  # continue an earlier run: its gates and LoRA, fresh optimizer
+        load_adapter(model, cfg.init_adapter)
     opt = make_optimizer(model, cfg)
     data = data if data is not None else DataMixture(loaded.tokenizer, cfg)
     run = _Run()
@@ -362,7 +364,7 @@ def _train_step(
     """Draw this step's batch, back-propagate through its segments, average gradients, update."""
     device = model.gates.device
     rng = random.Random(f"{cfg.seed}/{run.step}/{procs.rank}")  # resuming redraws the same samples
-    length = rng.randint(*cfg.segments) * cfg.segment_len
+    length = rng.randint(*segments_now(cfg, run)) * cfg.segment_len
     batch = [data.example(length, rng) for _ in range(cfg.batch_size)]
     ids = torch.tensor([e.ids for e in batch], device=device)
     labels = torch.tensor([e.labels for e in batch], device=device)
@@ -382,14 +384,27 @@ def _train_step(
     run.losses.append(procs.mean(float(loss.detach())))
 
 
+def segments_now(cfg: TrainConfig, run: _Run) -> tuple[int, int]:
+    """(min, max) segments per sample at this point of the run: the curriculum's stage for the share
+    of the run done (of its steps, or of ``max_seconds`` if that is further), else ``cfg.segments``."""
+    if not cfg.curriculum:
+        return cfg.segments
+    done = run.step / cfg.steps
+    if cfg.max_seconds:
+        done = max(done, run.elapsed / cfg.max_seconds)
+    return cfg.curriculum[min(int(done * len(cfg.curriculum)), len(cfg.curriculum) - 1)]
+
+
 def _check(cfg: TrainConfig) -> None:
     """Raise ConfigError for settings that cannot train."""
-    lo, hi = cfg.segments
-    if cfg.segment_len < 16 or lo < 2 or hi < lo:
-        raise ConfigError(
-            f"segments {cfg.segments} of {cfg.segment_len} tokens cannot train the memory: use "
-            "at least 2 segments per sample (e.g. --segments 2-4) of 16+ tokens"
-        )
+    for lo, hi in (cfg.segments, *cfg.curriculum):
+        if cfg.segment_len < 16 or lo < 2 or hi < lo:
+            raise ConfigError(
+                f"segments {(lo, hi)} of {cfg.segment_len} tokens cannot train the memory: use "
+                "at least 2 segments per sample (e.g. --segments 2-4) of 16+ tokens"
+            )
+    if cfg.init_adapter is not None and not Path(cfg.init_adapter).is_file():
+        raise CheckpointError(f"adapter {cfg.init_adapter} not found: check --init-adapter or drop it")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lora_rank < 0:
         raise ConfigError("steps and batch size must be positive and the LoRA rank not negative")
     get_variant(cfg.variant)  # before loading the model: an unknown variant or rule fails at once

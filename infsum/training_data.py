@@ -66,7 +66,7 @@ class DataMixture:
 
     def _passkey(self, length: int, rng: random.Random) -> Example:
         # the key anywhere before the last segment; question and answer in the last one
-        end = length - self.cfg.segment_len
+        end = None if self.cfg.passkey_anywhere else length - self.cfg.segment_len
         filler = self.filler
         if self.books and rng.random() < 0.5:  # half the haystacks are book prose
             filler = FillerSource([self._book(rng.choice(self.books))], prose=True, name="corpus")
@@ -114,7 +114,7 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     records (``document`` and every ``questions[0].responses[j].response_text``)."""
     pairs: list[tuple[str, str]] = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = read_prose(Path(path)).splitlines()  # gunzipped when the name ends in .gz
         for line in filter(str.strip, lines):
             rec = json.loads(line)
             if "summary" in rec:

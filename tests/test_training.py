@@ -16,6 +16,7 @@ from infsum.config import MemoryConfig, TrainConfig
 from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
 from infsum.engine.model import InfiniModel
+from infsum.errors import CheckpointError, ConfigError
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
 from infsum.tokenizer import load_tokenizer
@@ -223,6 +224,59 @@ def test_summary_pairs_score_only_the_summary(tiny_model_dir: Path, tmp_path: Pa
         scored = tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE])
         assert scored in {"It ends.<|im_end|>", "Plot one.<|im_end|>", "Plot two.<|im_end|>"}
         assert "Summarize the plot" in tok.decode(ex.ids)
+
+
+def test_passkey_anywhere_puts_keys_in_the_last_segment_too(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    data = DataMixture(tok, _cfg(tmp_path, tiny_model_dir, segment_len=64, passkey_anywhere=True))
+    last = 0
+    for seed in range(20):
+        ex = data.example(3 * 64, random.Random(seed))
+        answer = tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE])
+        key_ids = tok.encode(KEY_SENTENCE.format(key=answer[1:6]))
+        at = next(i for i in range(len(ex.ids)) if ex.ids[i : i + len(key_ids)] == key_ids)
+        last += at >= 2 * 64
+    assert 0 < last < 20  # keys land in the last (local) segment and before it
+
+
+def test_gzipped_pairs_read_like_plain_ones(tmp_path: Path) -> None:
+    import gzip
+
+    record = json.dumps({"document": "Short story.", "summary": "It ends."}) + "\n"
+    (tmp_path / "p.jsonl").write_text(record)
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(record)
+    assert (
+        read_pairs(tmp_path / "p.jsonl.gz")
+        == read_pairs(tmp_path / "p.jsonl")
+        == [("Short story.", "It ends.")]
+    )
+
+
+def test_the_curriculum_moves_through_its_stages(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from infsum.training import _Run, segments_now
+
+    cfg = _cfg(tmp_path, tiny_model_dir, steps=6, curriculum=((2, 2), (2, 3), (3, 4)))
+    assert [segments_now(cfg, _Run(step=k)) for k in range(6)] == [(2, 2)] * 2 + [(2, 3)] * 2 + [(3, 4)] * 2
+    timed = replace(cfg, max_seconds=10.0)  # time runs out before the steps do: the stages follow it
+    assert segments_now(timed, _Run(step=0, t0=__import__("time").perf_counter() - 7.0)) == (3, 4)
+    assert segments_now(replace(cfg, curriculum=()), _Run(step=5)) == (2, 3)  # no curriculum: segments
+    with pytest.raises(ConfigError, match=r"segments \(1, 2\) of 32 tokens cannot train"):
+        train(replace(cfg, curriculum=((2, 2), (1, 2))))
+
+
+def test_training_continues_from_an_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    first = train(_cfg(tmp_path, tiny_model_dir, segment_len=64, steps=2))
+    trained = load_file(str(first.adapter))
+    # a learning rate of 0: the run starts from the adapter's gates and LoRA and keeps them exactly
+    again = _cfg(tmp_path, tiny_model_dir, segment_len=64, steps=1, lr=0.0, gate_lr=0.0)
+    second = train(replace(again, init_adapter=first.adapter, out=tmp_path / "b.safetensors"))
+    kept = load_file(str(second.adapter))
+    assert set(kept) == set(trained) and all(torch.equal(kept[k], v) for k, v in trained.items())
+    fresh = load_file(str(train(replace(again, out=tmp_path / "c.safetensors")).adapter))
+    assert not torch.equal(fresh["gates"], trained["gates"])  # without it the gates start at their init
+    with pytest.raises(CheckpointError, match="not found: check --init-adapter"):
+        train(replace(again, init_adapter=tmp_path / "missing.safetensors"))
 
 
 DDP_SCRIPT = """

@@ -30,6 +30,16 @@ def train_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per step per process.")] = 8,
     segment_len: Annotated[int, typer.Option(min=16, help="Tokens per training segment.")] = 512,
     segments: Annotated[str, typer.Option(help="Segments per sample, MIN-MAX.")] = "2-4",
+    curriculum: Annotated[
+        str | None,
+        typer.Option(help="Stages of segments per sample, e.g. 2-2,2-4,4-8 (replaces --segments)."),
+    ] = None,
+    passkey_anywhere: Annotated[
+        bool, typer.Option(help="Passkeys at any depth, the last segment too (else before it).")
+    ] = False,
+    init_adapter: Annotated[
+        Path | None, typer.Option(help="Start from this adapter (same rank, variant and rule).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of LoRA (or every weight).")] = 3e-4,
     gate_lr: Annotated[float, typer.Option(help="Learning rate of the gates (no weight decay).")] = 5e-2,
     gate_init: Annotated[float, typer.Option(help="Initial gate beta (memory share: sigmoid).")] = -2.0,
@@ -50,9 +60,7 @@ def train_command(
     from ..config import TrainConfig
     from ..training import train
 
-    lo, _, hi = segments.partition("-")
-    if not (lo.isdigit() and hi.isdigit()):
-        raise typer.BadParameter(f"--segments {segments!r}: give MIN-MAX, e.g. 2-4")
+    stages = tuple(_span(s, "--curriculum") for s in curriculum.split(",")) if curriculum else ()
     cfg = TrainConfig(
         out=out,
         model=model,
@@ -60,7 +68,10 @@ def train_command(
         steps=steps,
         batch_size=batch_size,
         segment_len=segment_len,
-        segments=(int(lo), int(hi)),
+        segments=_span(segments, "--segments"),
+        curriculum=stages,
+        passkey_anywhere=passkey_anywhere,
+        init_adapter=init_adapter,
         lr=lr,
         gate_lr=gate_lr,
         gate_init=gate_init,
@@ -108,3 +119,11 @@ def train_command(
         f"{result.seconds / 60:.1f}",
     )
     Console().print(table)
+
+
+def _span(text: str, option: str) -> tuple[int, int]:
+    """'2-4' -> (2, 4): a MIN-MAX number of segments per sample."""
+    lo, _, hi = text.strip().partition("-")
+    if not (lo.isdigit() and hi.isdigit()):
+        raise typer.BadParameter(f"{option} {text!r}: give MIN-MAX, e.g. 2-4")
+    return int(lo), int(hi)
