@@ -5,6 +5,9 @@ Usage (the shipped adapter, on a 2-core CPU; see docs/adapter.md for the exact c
     nice python bench/train_adapter.py --model /tmp/smollm2 --default-name \
         --out infsum/adapters/smollm2-135m-instruct.safetensors
 
+On a GPU machine, ``bench/gpu/run.sh`` runs it with the recipe of issue 11 (``--device cuda``, data
+from ``--data``, ``--init-adapter auto`` to continue the shipped adapter when its settings match).
+
 Evaluation (written into the card's ``eval``): passkey accuracy with the adapter, with the untrained
 conversion and with memory off, on identical prompts; perplexity on a held-out corpus book (excluded
 from training) for the adapter and the untrained conversion at the same segment length.
@@ -33,6 +36,7 @@ from infsum.tokenizer import Tokenizer
 from infsum.training import TrainProgress, sequence_loss, train, write_adapter
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHIPPED = Path(__file__).resolve().parents[1] / "infsum" / "adapters" / "smollm2-135m-instruct.safetensors"
 HELD_OUT = "the-prisoner-of-zenda.txt.gz"  # never trained on: the perplexity check reads it
 
 
@@ -50,7 +54,7 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
 
     def evaluate(model: InfiniModel, tok: Tokenizer) -> dict:
         t0 = time.time()
-        base = load_model(base_dir, device="cpu").model
+        base = load_model(base_dir, device=args.device).model
         untrained = InfiniModel(base, MemoryConfig(segment_len=args.eval_segment))  # default gate init
         kw = dict(
             tokenizer=tok,
@@ -63,7 +67,8 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
         out: dict = {"passkey": {}, "perplexity": {}}
         runs = (("adapter", model, True), ("untrained", untrained, True), ("memory_off", model, False))
         for name, m, mem in runs:
-            rep = run_passkey(m, memory=mem, **kw)
+            trials = args.eval_trials if name == "adapter" else args.control_trials or args.eval_trials
+            rep = run_passkey(m, memory=mem, **{**kw, "trials": trials})
             out["passkey"][name] = {
                 "table": rep.to_dict()["table"],
                 "mean": rep.mean(),
@@ -71,7 +76,7 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
                 "answers": [[r.key, r.answer] for r in rep.results],
             }
             print(f"passkey {name}: {rep.rows()}", flush=True)
-        held = tok.encode(" ".join(read_prose(SHARED / "corpus" / HELD_OUT).split()))
+        held = tok.encode(" ".join(read_prose(args.data / "corpus" / HELD_OUT).split()))
         ids = held[20000 : 20000 + args.ppl_tokens]  # a slice from the book's middle
         for seg in sorted({args.segment_len, args.eval_segment}):
             row = {"adapter": perplexity(model, ids, seg), "untrained": perplexity(untrained, ids, seg)}
@@ -83,6 +88,7 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
             "lengths": args.eval_lengths,
             "segment_len": args.eval_segment,
             "trials_per_cell": args.eval_trials,
+            "control_trials_per_cell": args.control_trials or args.eval_trials,
             "filler": "builtin",
             "seed": 1234,
         }
@@ -94,7 +100,7 @@ def make_evaluate(args: argparse.Namespace, base_dir: str):
 
 def reevaluate(args: argparse.Namespace) -> None:
     """Measure the adapter ``args.out`` again and write the new results into its card."""
-    loaded = load_model(args.model, device="cpu", dtype=torch.float32)
+    loaded = load_model(args.model, device=args.device, dtype=torch.float32)
     tensors = load_file(str(args.out))
     card = json.loads(args.out.with_suffix(".json").read_text())
     model = InfiniModel(loaded.model, MemoryConfig(segment_len=args.eval_segment))
@@ -103,6 +109,32 @@ def reevaluate(args: argparse.Namespace) -> None:
     card["eval"] = make_evaluate(args, str(loaded.path))(model.eval(), loaded.tokenizer)
     write_adapter(model, args.out, card)
     print(json.dumps(card["eval"]["perplexity"], indent=1))
+
+
+def init_adapter(args: argparse.Namespace, cfg: TrainConfig) -> Path | None:
+    """The adapter to continue from: ``--init-adapter PATH``, none, or (auto) the shipped adapter when
+    it was trained with this run's LoRA rank and targets, memory variant and update rule (every GPU
+    session then adds to the last one; a change of recipe starts afresh, and says so)."""
+    if args.init_adapter == "none":
+        return None
+    if args.init_adapter != "auto":
+        return Path(args.init_adapter)
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    lora, memory = card.get("lora") or {}, card.get("memory") or {}
+    theirs = (
+        lora.get("rank"),
+        sorted(lora.get("targets", [])),
+        memory.get("variant", "paper"),
+        memory.get("update"),
+    )
+    ours = (cfg.lora_rank, sorted(cfg.lora_targets), cfg.variant, cfg.update)
+    if theirs != ours or card.get("full_finetune"):
+        print(
+            f"init-adapter auto: shipped adapter has {theirs}, this run {ours}: starting afresh", flush=True
+        )
+        return None
+    print(f"init-adapter auto: continuing {SHIPPED}", flush=True)
+    return SHIPPED
 
 
 def main() -> None:
@@ -114,6 +146,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--segment-len", type=int, default=256)
     p.add_argument("--segments", default="2-3")
+    p.add_argument("--curriculum", default="", help="stages of segments per sample: 2-2,2-3,3-4")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", type=Path, default=SHARED, help="corpus/, squality/train.jsonl, pairs/")
+    p.add_argument("--variant", default="paper", help="memory variant (infsum.engine.memory.VARIANTS)")
+    p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="LoRA targets")
+    p.add_argument("--passkey-anywhere", action="store_true", help="keys in the last segment too")
+    p.add_argument(
+        "--init-adapter",
+        default="none",
+        help="continue from this adapter; auto: the shipped one when its settings match this run's",
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--gate-lr", type=float, default=5e-2)
     p.add_argument("--gate-init", type=float, default=-2.0)
@@ -126,6 +169,7 @@ def main() -> None:
     p.add_argument("--eval-lengths", type=int, nargs="+", default=[4096])
     p.add_argument("--eval-segment", type=int, default=2048)
     p.add_argument("--eval-trials", type=int, default=2)
+    p.add_argument("--control-trials", type=int, default=0, help="for untrained and memory off (0: same)")
     p.add_argument("--ppl-tokens", type=int, default=4096)
     p.add_argument("--eval-only", action="store_true", help="re-measure an existing --out adapter")
     args = p.parse_args()
@@ -134,10 +178,16 @@ def main() -> None:
         reevaluate(args)
         return
     lo, hi = (int(x) for x in args.segments.split("-"))
+    curriculum = tuple(tuple(int(x) for x in s.split("-")) for s in args.curriculum.split(",") if s)
+    summaries = [args.data / "squality" / "train.jsonl", args.data / "pairs" / "books.jsonl.gz"]
     cfg = TrainConfig(
         out=args.out,
         model=args.model,
-        device="cpu",
+        device=args.device,
+        curriculum=curriculum,  # type: ignore[arg-type]
+        variant=args.variant,
+        lora_targets=tuple(args.targets.split(",")),
+        passkey_anywhere=args.passkey_anywhere,
         steps=args.steps,
         batch_size=args.batch_size,
         segment_len=args.segment_len,
@@ -147,16 +197,17 @@ def main() -> None:
         gate_init=args.gate_init,
         lora_rank=args.rank,
         mix=tuple(float(x) for x in args.mix.split(",")),
-        corpus=(SHARED / "corpus",),
+        corpus=(args.data / "corpus",),
         exclude=(HELD_OUT,),
-        summaries=(SHARED / "squality" / "train.jsonl",),
+        summaries=tuple(p for p in summaries if p.is_file()),
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=10,
         resume=args.resume,
         max_seconds=args.max_minutes * 60,
         warmup=5,
     )
-    loaded = load_model(args.model, device="cpu", dtype=torch.float32)
+    cfg = replace(cfg, init_adapter=init_adapter(args, cfg))
+    loaded = load_model(args.model, device=args.device, dtype=torch.float32)
     if args.default_name:  # a local copy of the default model: name it as such in the card
         loaded = replace(loaded, name=DEFAULT_MODEL, is_default=True)
 

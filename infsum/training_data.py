@@ -36,6 +36,10 @@ class DataMixture:
         self.cfg = cfg
         self.books = corpus_files(cfg.corpus, cfg.exclude)
         self._book_ids: dict[Path, list[int]] = {}  # encoded on first use
+        # a summary pair's document, encoded once and cut to the longest sample of the run: a novel
+        # re-encoded on every draw would cost more than the training step on a GPU
+        self._doc_ids: dict[str, tuple[list[int], bool]] = {}  # ids, and whether they are all of it
+        self._doc_keep = cfg.segment_len * max(hi for _, hi in (cfg.segments, *cfg.curriculum))
         self.pairs = [p for path in cfg.summaries for p in read_pairs(path)]
         lm, pk, sm = cfg.mix
         if not self.books:
@@ -81,10 +85,20 @@ class DataMixture:
         turn = chat_prompt(self.tok, INSTRUCTION.format(words=words))  # the prompt `infsum` sends
         answer = self.tok.encode(summary.strip()) + self.end_of_turn
         room = length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4)
-        doc = self.tok.encode(document)[: max(0, room)]  # a long story is cut: its beginning is kept
+        doc = self._document(document, room)[: max(0, room)]  # a long story is cut: its beginning is kept
         prompt = turn.around(doc)
         ids = (prompt + answer)[:length]
         return self._pad(ids, [IGNORE] * len(prompt) + ids[len(prompt) :], "summary", length)
+
+    def _document(self, document: str, room: int) -> list[int]:
+        """The ids of ``document``, at least its first ``room`` (all of it when shorter), encoded once."""
+        ids, complete = self._doc_ids.get(document, ([], False))
+        if len(ids) < room and not complete:
+            full = self.tok.encode(document)
+            keep = max(self._doc_keep, room)
+            ids, complete = full[:keep], len(full) <= keep
+            self._doc_ids[document] = (ids, complete)
+        return ids
 
     def _pad(self, ids: list[int], labels: list[int], kind: str, length: int) -> Example:
         n = length - len(ids)  # right padding is never attended to by the scored tokens before it
