@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=1, help="key -> value pairs in segment 1")
-    p.add_argument("--eval-samples", type=int, default=256)
+    p.add_argument("--eval-samples", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument(
         "--checkpointing",

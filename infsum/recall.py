@@ -233,7 +233,7 @@ def train_recall(
     cfg: TrainConfig,
     task: RecallTask | None = None,
     *,
-    eval_samples: int = 256,
+    eval_samples: int = 1024,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[InfiniModel, RecallResult]:
     """Train a fresh ``tiny_llama`` (initialised from ``cfg.seed``) on ``task`` with infsum's own
