@@ -32,7 +32,6 @@ from torch import nn
 
 from infsum.config import TrainConfig
 from infsum.engine import InfiniModel, MemoryState
-from infsum.passkey import with_memory_config
 from infsum.training import TrainProgress, train
 from infsum.training_data import IGNORE, Example
 
@@ -180,12 +179,10 @@ def evaluate(
     batch = [task.example(segments * seg, rng) for _ in range(n)]
     ids = torch.tensor([e.ids for e in batch], device=model.gates.device)
     answers = ids[:, -1]
-    m = with_memory_config(model, replace(model.cfg, enabled=mode != "off"))
+    m = model.with_config(replace(model.cfg, enabled=mode != "off"))
     was_training = m.training
     m.eval()
-    state = None
-    for s in range(segments - 1):
-        _, state = m(ids[:, s * seg : (s + 1) * seg], state, logits="none")
+    _, state = m.forward_segments(ids[:, :-seg], each=lambda _h, _cols: None)  # earlier segments: no logits
     if mode == "knockout" and state is not None:
         state = _zeros(state)
     logits, _ = m(ids[:, -seg:-1], state, logits="last")  # the last segment up to the query key
