@@ -48,15 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=1, help="key -> value pairs in segment 1")
     p.add_argument("--eval-samples", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the tiny model's ops gain nothing from more)",
+    )
     p.add_argument(
         "--checkpointing",
         action="store_true",
         help="recompute each segment in the backward pass, as train() does by default (same numbers, slower)",
     )
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     task = RecallTask(pairs=a.pairs)
     rows = []
     for variant in a.variants.split(","):
