@@ -1,8 +1,9 @@
 """The cross-segment recall task: a tiny random Llama trained from scratch must carry a fact through memory.
 
 Learnability on the CPU (issue 11): if a change stops gradients reaching the memory writes, freezes
-the gates or breaks the update rule, a tiny model trained by ``infsum.training.train`` on this task
-no longer learns it. A sample is ``segments`` segments of synthetic ids:
+the gates or leaves the memory storing or reading nothing, a tiny model trained by
+``infsum.training.train`` on this task no longer learns it (docs/learnability.md). A sample is
+``segments`` segments of synthetic ids:
 
 - segment 1: random filler ids with ``pairs`` key -> value pairs (``k v``, two adjacent ids) at random
   places, the keys distinct, each value drawn uniformly and independently of everything else;
@@ -32,6 +33,7 @@ from torch import nn
 
 from infsum.config import TrainConfig
 from infsum.engine import InfiniModel, MemoryState
+from infsum.errors import ConfigError
 from infsum.training import TrainProgress, train
 from infsum.training_data import IGNORE, Example
 
@@ -55,11 +57,11 @@ class RecallTask:
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.pairs > self.keys or 2 * self.pairs > self.segment_len:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.pairs} pairs do not fit {self.keys} keys and {self.segment_len}-token segments"
             )
         if self.segment_len < 3 or min(self.values, self.filler) < 1:
-            raise ValueError(
+            raise ConfigError(
                 "a segment needs room for the question (3 ids) and at least one value and filler id"
             )
 
@@ -87,7 +89,7 @@ class RecallTask:
         """One sample of ``length`` tokens (2+ whole segments); only the answer is scored."""
         seg = self.segment_len
         if length % seg or length < 2 * seg:
-            raise ValueError(f"a recall sample is 2+ whole segments of {seg} tokens, not {length} tokens")
+            raise ConfigError(f"a recall sample is 2+ whole segments of {seg} tokens, not {length} tokens")
         keys = rng.sample(range(self.keys), self.pairs)
         values = [rng.randrange(self.values) for _ in keys]
         first = self._filler(seg, rng)
@@ -173,7 +175,7 @@ def evaluate(
     so the three modes see the same ones.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown recall mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown recall mode {mode!r}: choose one of {', '.join(MODES)}")
     seg = task.segment_len
     rng = random.Random(f"recall-eval/{seed}/{segments}")
     batch = [task.example(segments * seg, rng) for _ in range(n)]
@@ -239,7 +241,7 @@ def train_recall(
     ``cfg.segments[1]`` segments -> (trained model, result). ``progress`` is passed to ``train``."""
     task = task or RecallTask(segment_len=cfg.segment_len)
     if task.segment_len != cfg.segment_len:
-        raise ValueError(
+        raise ConfigError(
             f"the task's segments ({task.segment_len}) differ from training's ({cfg.segment_len})"
         )
     segments = cfg.segments[1]
