@@ -43,6 +43,7 @@ from pathlib import Path
 import psutil
 
 from infsum.batch import write_atomic
+from infsum.pipeline import SummaryResult
 from infsum.readers import Book, load_book
 from infsum.scoring import METRICS, Rouge, RougeScores, bootstrap_ci, score, summarize_scores
 from infsum.tokenizer import first_line
@@ -182,7 +183,7 @@ class Runner:
             device += f" ({torch.cuda.get_device_name(loaded.device)})"
         return {"device": device, "dtype": str(loaded.model.dtype).removeprefix("torch.")}
 
-    def summarize(self, strategy: str, book: Book, words: int) -> str:
+    def summarize(self, strategy: str, book: Book, words: int) -> SummaryResult:
         """The summary of ``book`` in about ``words`` words with ``strategy``, through the same entry
         point as ``infsum BOOK --strategy`` (so every model strategy's output is trimmed alike)."""
         from infsum.config import SummarizeConfig
@@ -193,7 +194,7 @@ class Runner:
             cfg = replace(cfg, strategy="infini", memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":
             cfg = replace(cfg, strategy="infini", adapter=None)
-        return summarize(book, cfg, model=self.loaded() if self.uses_model(strategy) else None).summary
+        return summarize(book, cfg, model=self.loaded() if self.uses_model(strategy) else None)
 
 
 def item_path(run_dir: Path, strategy: str, item: Item) -> Path:
@@ -226,8 +227,9 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         book = load_book(item.path)
-        summary = runner.summarize(strategy, book, target)
+        result = runner.summarize(strategy, book, target)
         seconds = time.perf_counter() - t0
+    summary = result.summary
     scores = score(summary, item.references)
     peak_gpu = None if cuda is None else round(torch.cuda.max_memory_allocated(cuda) / 2**20, 1)
     return {
@@ -242,6 +244,7 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
         **where,
         "workers": workers,
         "scores": scores.to_dict(),
+        "unsupported_names": list(result.unsupported_names),  # names the book never mentions
         "summary": summary,
     }
 
@@ -366,6 +369,8 @@ def table(rows: Sequence[dict]) -> list[dict]:
         gpu = [r["peak_gpu_mb"] for r in mine if r.get("peak_gpu_mb") is not None]
         entry["peak_gpu_mb"] = round(sum(gpu) / len(gpu), 1) if gpu else None
         entry["devices"] = sorted({r.get("device") or "unrecorded" for r in mine})
+        named = [len(r["unsupported_names"]) for r in mine if "unsupported_names" in r]  # older runs lack it
+        entry["invented_names"] = round(sum(named) / len(named), 2) if named else None
         out.append(entry)
     return out
 
@@ -373,18 +378,19 @@ def table(rows: Sequence[dict]) -> list[dict]:
 def table_markdown(entries: Sequence[dict]) -> str:
     """The table as Markdown (F1 in percent, one decimal)."""
     lines = [
-        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | s/item | peak RSS MiB "
-        "| peak GPU MiB | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | invented names | s/item "
+        "| peak RSS MiB | peak GPU MiB | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         ci = e["overall_ci"]
         overall = f"{e['overall']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         gpu = "-" if e.get("peak_gpu_mb") is None else f"{e['peak_gpu_mb']:.0f}"
+        names = "-" if e.get("invented_names") is None else f"{e['invented_names']:.2f}"
         lines.append(
             f"| {e['strategy']} | {e['n']} | {e['rouge1']:.1f} | {e['rouge2']:.1f} | {e['rougeL']:.1f} "
-            f"| {e['rougeLsum']:.1f} | {overall} | {e['seconds']:.2f} | {e['peak_rss_mb']:.0f} | {gpu} "
-            f"| {', '.join(e.get('devices', ['unrecorded']))} |"
+            f"| {e['rougeLsum']:.1f} | {overall} | {names} | {e['seconds']:.2f} | {e['peak_rss_mb']:.0f} "
+            f"| {gpu} | {', '.join(e.get('devices', ['unrecorded']))} |"
         )
     return "\n".join(lines) + "\n"
 

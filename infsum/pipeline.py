@@ -10,6 +10,7 @@ CLI renders as Markdown or JSON. A ``Summarizer`` loads the model once and reuse
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import SummarizeConfig
 from .errors import ConfigError
+from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
 from .prompt import trim_to_sentence
 from .readers import Book, load_book
@@ -29,6 +31,8 @@ from .strategies import STRATEGIES, Job, get_strategy
 if TYPE_CHECKING:
     from .engine import Ready
     from .models import LoadedModel
+
+log = logging.getLogger("infsum")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class SummaryResult:
     peak_rss_mb: float
     infsum_version: str
     rouge: RougeScores | None = None
+    characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
+    unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
 
     @property
     def summary_words(self) -> int:
@@ -64,6 +70,7 @@ class SummaryResult:
     def to_dict(self) -> dict:
         """The JSON record written to ``<stem>.summary.json`` and printed by ``infsum BOOK --json``."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "rouge"}
+        out["characters"], out["unsupported_names"] = list(self.characters), list(self.unsupported_names)
         out["summary_words"] = self.summary_words
         out["rouge"] = self.rouge.to_dict() if self.rouge else None
         return out
@@ -79,9 +86,14 @@ class SummaryResult:
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
+        notes = ""
+        if self.characters:
+            notes += f"*Main characters (most named in the book): {', '.join(self.characters)}.*\n"
+        if self.unsupported_names:
+            notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
             f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n"
-            f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n"
+            f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
 
 
@@ -152,6 +164,11 @@ class Summarizer:
         seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
         # a model writes until its token budget: a last sentence cut off mid-way is dropped
         summary = trim_to_sentence(draft.summary) if strategy.needs_model else draft.summary
+        invented = unsupported_names(summary, book.text)
+        if invented:
+            log.warning(
+                "%s: the summary names %s, which the book never mentions", book.source, ", ".join(invented)
+            )
         stream_s = seconds.get("stream", 0.0)
         generation = draft.generation or asdict(self.cfg.generation)
         return SummaryResult(
@@ -175,6 +192,8 @@ class Summarizer:
             peak_rss_mb=round(peak_rss_mb(), 1),
             infsum_version=__version__,
             rouge=score(summary, references) if references else None,
+            characters=tuple(characters(c.text for c in book.chapters)),
+            unsupported_names=tuple(invented),
         )
 
     # -- model and adapter

@@ -78,12 +78,13 @@ def test_run_directory_resumes_without_redoing_work(quality, tmp_path: Path) -> 
     stamps = {f: f.stat().st_mtime_ns for f in files}
     row = json.loads(files[1].read_text())
     assert row["summary"] == "The robot walked to the river. It saw" and row["words_target"] == 8
+    assert row["unsupported_names"] == []  # lead quotes the book: it invents no name
     files[2].unlink()  # as if the first run had been interrupted before s2
     assert quality.main(argv) == 0
     assert {f: f.stat().st_mtime_ns for f in files[:2]} == {f: stamps[f] for f in files[:2]}
     assert files[2].is_file()
     table = json.loads((run_dir / "table.json").read_text())
-    assert table[0]["strategy"] == "lead" and table[0]["n"] == 3
+    assert table[0]["strategy"] == "lead" and table[0]["n"] == 3 and table[0]["invented_names"] == 0
     assert len((run_dir / "results.jsonl").read_text().splitlines()) == 3
     files[0].unlink()
     assert quality.main([*argv, "--report-only"]) == 0  # tabulates what is stored, runs nothing
