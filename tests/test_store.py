@@ -344,3 +344,29 @@ def test_exact_store_is_a_value():
         torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), 9
     )
     assert st.size == 2 and st.detach().seen == 9 and st.to("cpu").size == 2
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_gradients_reach_an_earlier_segment_through_the_store_and_checkpointing_agrees(tiny_model_dir, score):
+    """Training with a store (``infsum train --exact-tokens``): with the memory off, the first
+    segment reaches the last one's loss only through stored pairs; per-segment checkpointing gives
+    the same gradients."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = convert(hf, MemoryConfig(segment_len=SEG, enabled=False, exact_tokens=8, exact_score=score))
+    ids = _ids(3 * SEG, seed=15, b=1)
+    grads = []
+    for ckpt in (False, True):
+        hf.zero_grad()
+        outs, _ = model.forward_segments(ids, checkpoint=ckpt)
+        outs[-1].logsumexp(-1).mean().backward()
+        grads.append(hf.model.embed_tokens.weight.grad.clone())
+    assert grads[0][ids[0, :SEG]].abs().sum() > 0
+    assert_close(grads[0], grads[1])
+
+
+def test_training_builds_the_model_with_the_store(tiny_model_dir):
+    from infsum.config import TrainConfig
+    from infsum.training import build_model
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert build_model(hf, TrainConfig(exact_tokens=32)).cfg.exact_tokens == 32
