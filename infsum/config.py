@@ -31,7 +31,8 @@ class MemoryConfig:
     variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
     exact_tokens: int = 0  # N exact (key, value) pairs kept per layer per kv head beside M; 0 = off
     exact_score: ExactScore = "residual"  # what ranks them (EXACT_SCORES)
-    exact_positions: ExactPositions = "before"  # where their keys sit in RoPE (EXACT_POSITIONS)
+    # where their keys sit in RoPE (EXACT_POSITIONS): "fixed" retrieved more passkeys (docs/store.md)
+    exact_positions: ExactPositions = "fixed"
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a segment length, update rule or store no memory can be built with

@@ -71,7 +71,12 @@ def test_a_store_of_every_token_with_memory_off_is_full_causal_attention(hf, sco
     """Stored keys sit just before the segment in RoPE: holding every token, the segments together
     are one causal attention over the whole text, the plain HF forward."""
     ids = _ids(70, seed=1, b=2)
-    model = convert(hf, MemoryConfig(segment_len=SEG, enabled=False, exact_tokens=100, exact_score=score))
+    model = convert(
+        hf,
+        MemoryConfig(
+            segment_len=SEG, enabled=False, exact_tokens=100, exact_score=score, exact_positions="before"
+        ),
+    )
     with torch.no_grad():
         outs, state = model.forward_segments(ids)
         ref = hf(ids).logits
@@ -86,7 +91,12 @@ def test_a_store_of_every_token_with_memory_off_is_full_causal_attention(hf, sco
 def test_generation_with_a_full_store_is_the_hf_greedy_answer(hf, score, max_new):
     """The answer attends over the store too: prefilled after a short segment (6 new tokens), or
     rolling into the store every segment while it is written (40 > SEG, through decode/commit)."""
-    model = convert(hf, MemoryConfig(segment_len=SEG, enabled=False, exact_tokens=200, exact_score=score))
+    model = convert(
+        hf,
+        MemoryConfig(
+            segment_len=SEG, enabled=False, exact_tokens=200, exact_score=score, exact_positions="before"
+        ),
+    )
     reader = InfiniReader(model)
     book, prompt = _ids(40, seed=2), _ids(5, seed=3)  # 8 pending + 5 > SEG - 6: no re-read
     out = reader.generate(reader.read(book), prompt, replace(GREEDY, max_new_tokens=max_new))
@@ -252,7 +262,7 @@ def test_state_file_round_trip_gives_identical_generation(reader, tmp_path):
     state = reader.read(_ids(100, seed=10))
     save_state(state, tmp_path / "book.state")
     loaded = load_state(tmp_path / "book.state")
-    assert loaded.store_settings == (8, "residual", "before")
+    assert loaded.store_settings == "--exact-tokens 8 (score residual, positions fixed)"
     for a, b in zip(state.memory.store, loaded.memory.store, strict=True):
         assert a.seen == b.seen == 96
         assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4], strict=True))
@@ -274,10 +284,12 @@ def test_a_state_with_another_store_is_refused(reader, tmp_path):
     loaded = load_state(tmp_path / "s.state")
     for cfg in (replace(reader.cfg, exact_tokens=16), replace(reader.cfg, exact_tokens=0)):
         other = InfiniReader(reader.model.with_config(cfg))
-        with pytest.raises(CheckpointError, match=r"--exact-tokens 8 \(score residual, positions before\)"):
+        with pytest.raises(CheckpointError, match=r"--exact-tokens 8 \(score residual, positions fixed\)"):
             other.generate(loaded, [1, 2], GREEDY)
     attention = InfiniReader(reader.model.with_config(replace(reader.cfg, exact_score="attention")))
-    with pytest.raises(CheckpointError, match="this reader uses --exact-tokens 8 \\(attention, before\\)"):
+    with pytest.raises(
+        CheckpointError, match="this reader uses --exact-tokens 8 \\(score attention, positions fixed\\)"
+    ):
         attention.read([1], loaded)
 
 
@@ -293,10 +305,12 @@ def test_a_format_1_state_loads_with_no_store(hf, tmp_path):
     old = {k: v for k, v in meta.items() if not k.startswith("exact_")} | {"format": "infsum-state/1"}
     save_file(tensors, str(tmp_path / "old.state"), metadata=old)
     loaded = load_state(tmp_path / "old.state")
-    assert loaded.store_settings == (0, "residual", "before") and loaded.memory.store == ()
+    assert loaded.store_settings == "--exact-tokens 0" and loaded.memory.store == ()
     prompt = _ids(4, seed=14)
     assert plain.generate(loaded, prompt, GREEDY) == plain.generate(state, prompt, GREEDY)
-    with pytest.raises(CheckpointError, match="state was read with --exact-tokens 0"):
+    with pytest.raises(
+        CheckpointError, match="state was read with --exact-tokens 0, this reader uses --exact-tokens 4"
+    ):
         InfiniReader(plain.model.with_config(replace(plain.cfg, exact_tokens=4))).read([1], loaded)
 
 

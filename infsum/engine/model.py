@@ -19,7 +19,8 @@ value) pairs per kv head (docs/store.md). The local attention then runs ONE soft
 pairs and the segment, so the model retrieves an earlier passage with its own trained attention. The
 stored keys are kept before RoPE and rotated at use: with ``exact_positions="before"`` the P stored
 keys take positions 0..P-1 (stream order) and the segment P.., so a store holding every token is
-exactly full causal attention; with ``"fixed"`` all stored keys take position 0 and the segment 1...
+exactly full causal attention; with ``"fixed"`` (the default: it retrieved more passkeys,
+docs/store.md) all stored keys take position 0 and the segment 1.., so every stored key looks near.
 When a segment is written, its tokens compete with the stored ones on a score fixed at that moment
 and the weakest are dropped: ``"residual"``, LoLA's ||v - retrieved||^2 (arXiv 2505.23666), or
 ``"attention"``, the mean attention a key received from the segment's queries that see it, relative

@@ -51,12 +51,13 @@ class ReaderState:
     variant: str = "paper"
     exact_tokens: int = 0
     exact_score: str = "residual"
-    exact_positions: str = "before"
+    exact_positions: str = "fixed"
 
     @property
-    def store_settings(self) -> tuple[int, str, str]:
-        """(exact_tokens, exact_score, exact_positions): a reader must match all three."""
-        return self.exact_tokens, self.exact_score, self.exact_positions
+    def store_settings(self) -> str:
+        """The store's settings in words; a reader must match them (score and placement only matter
+        with a store)."""
+        return _store_words(self.exact_tokens, self.exact_score, self.exact_positions)
 
 
 class InfiniReader:
@@ -219,13 +220,11 @@ class InfiniReader:
                 f"state was read with the {state.variant} memory variant, this reader uses "
                 f"{self.cfg.variant}: read the book again or match the settings"
             )
-        want_store = (self.cfg.exact_tokens, self.cfg.exact_score, self.cfg.exact_positions)
+        want_store = _store_words(self.cfg.exact_tokens, self.cfg.exact_score, self.cfg.exact_positions)
         if state.store_settings != want_store:
             raise CheckpointError(
-                "state was read with --exact-tokens {} (score {}, positions {}), this reader uses "
-                "--exact-tokens {} ({}, {}): read the book again or match the settings".format(
-                    *state.store_settings, *want_store
-                )
+                f"state was read with {state.store_settings}, this reader uses {want_store}: "
+                "read the book again or match the settings"
             )
         m = self.model
         want = (m.n_layers, m.n_kv, m.head_dim)
@@ -241,6 +240,11 @@ class InfiniReader:
             if t.device != self.device:
                 state = replace(state, memory=state.memory.to(self.device))
         return state
+
+
+def _store_words(n: int, score: str, positions: str) -> str:
+    """'--exact-tokens 64 (score residual, positions fixed)', or '--exact-tokens 0' (no store)."""
+    return f"--exact-tokens {n} (score {score}, positions {positions})" if n else "--exact-tokens 0"
 
 
 def _nothing(_h: Tensor, _cols: slice) -> None:
@@ -366,7 +370,7 @@ def load_state(path: str | Path) -> ReaderState:
             meta.get("variant", "paper"),  # files saved before variants existed hold the paper's
             int(meta.get("exact_tokens", "0")),  # format 1 files hold no store
             meta.get("exact_score", "residual"),
-            meta.get("exact_positions", "before"),
+            meta.get("exact_positions", "fixed"),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
