@@ -43,14 +43,19 @@ def configs(args: argparse.Namespace) -> list[MemoryConfig]:
     """Every store configuration measured: N = 0 once, then each N > 0 with each score and placement."""
     out = [MemoryConfig(segment_len=args.segment_len)] if 0 in args.exact_tokens else []
     for positions in args.positions:
-        for score in args.scores:
-            out += [
-                MemoryConfig(
-                    segment_len=args.segment_len, exact_tokens=n, exact_score=score, exact_positions=positions
-                )
-                for n in args.exact_tokens
-                if n > 0
-            ]
+        for sinks in args.sinks:
+            for score in args.scores:
+                out += [
+                    MemoryConfig(
+                        segment_len=args.segment_len,
+                        exact_tokens=n,
+                        exact_score=score,
+                        exact_positions=positions,
+                        exact_sinks=sinks,
+                    )
+                    for n in args.exact_tokens
+                    if n > 0
+                ]
     return out
 
 
@@ -71,6 +76,7 @@ def passkey_cell(loaded: LoadedModel, mem: MemoryConfig, length: int, args: argp
         "exact_tokens": mem.exact_tokens,
         "score": mem.exact_score if mem.exact_tokens else None,
         "positions": mem.exact_positions if mem.exact_tokens else None,
+        "sinks": mem.exact_sinks,
         "length": length,
         "trials": args.trials,
         "by_depth": {str(d): acc for d, acc in zip(report.depths, report.rows()[0][1], strict=True)},
@@ -145,7 +151,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="model name or directory [default: SmolLM2-135M-Instruct]")
     p.add_argument("--exact-tokens", type=_ints, default=[0, 64, 256, 1024])
     p.add_argument("--scores", type=_words, default=list(EXACT_SCORES))
-    p.add_argument("--positions", type=_words, default=["before"], help=f"of {', '.join(EXACT_POSITIONS)}")
+    p.add_argument("--positions", type=_words, default=["fixed"], help=f"of {', '.join(EXACT_POSITIONS)}")
+    p.add_argument("--sinks", type=_ints, default=[0], help="first stream tokens always kept (each value)")
     p.add_argument("--lengths", type=_ints, default=[4096, 8192])
     p.add_argument(
         "--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0, 0.25, 0.5, 0.75, 1]

@@ -33,6 +33,7 @@ class MemoryConfig:
     exact_score: ExactScore = "residual"  # what ranks them (EXACT_SCORES)
     # where their keys sit in RoPE (EXACT_POSITIONS): "fixed" retrieved more passkeys (docs/store.md)
     exact_positions: ExactPositions = "fixed"
+    exact_sinks: int = 0  # the stream's first tokens, always kept in the store (attention sinks)
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a segment length, update rule or store no memory can be built with
@@ -50,6 +51,11 @@ class MemoryConfig:
         if self.exact_tokens < 0:
             raise ConfigError(
                 f"--exact-tokens {self.exact_tokens} is negative: use 0 (no store) or a number of tokens"
+            )
+        if not 0 <= self.exact_sinks <= max(self.exact_tokens, 0):
+            raise ConfigError(
+                f"exact-token sinks {self.exact_sinks} must lie between 0 and --exact-tokens "
+                f"{self.exact_tokens}"
             )
         if self.exact_score not in EXACT_SCORES:
             raise ConfigError(

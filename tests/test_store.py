@@ -158,6 +158,24 @@ def test_selection_keeps_a_planted_high_scoring_pair():
     assert torch.equal(store.pos, top)
 
 
+def test_sinks_stay_whatever_their_scores():
+    """exact_sinks: the stream's first tokens are kept (StreamingLLM's attention sinks), the other
+    slots go to the top scores."""
+    gen = torch.Generator().manual_seed(1)
+    store = None
+    for _ in range(4):
+        k, v = torch.randn(1, 2, 8, 4, generator=gen), torch.randn(1, 2, 8, 4, generator=gen)
+        score = torch.rand(1, 2, 8, generator=gen) + 1.0
+        if store is None:
+            score[..., :3] = 0.0  # the weakest of all
+            first = score
+        store = select_store(store, k, v, score, 5, sinks=3)
+        assert store.pos[..., :3].tolist() == [[[0, 1, 2], [0, 1, 2]]]
+    assert torch.equal(store.score[..., :3], first[..., :3])
+    with pytest.raises(ConfigError, match="exact-token sinks 9 must lie between 0 and --exact-tokens 8"):
+        MemoryConfig(exact_tokens=8, exact_sinks=9)
+
+
 def _layer0_kv(hf, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layer 0's q, k, v (b, heads, n, d) for ids (b, n), before RoPE, from the HF modules."""
     layer, c = hf.model.layers[0], hf.config
@@ -262,7 +280,7 @@ def test_state_file_round_trip_gives_identical_generation(reader, tmp_path):
     state = reader.read(_ids(100, seed=10))
     save_state(state, tmp_path / "book.state")
     loaded = load_state(tmp_path / "book.state")
-    assert loaded.store_settings == "--exact-tokens 8 (score residual, positions fixed)"
+    assert loaded.store_settings == "--exact-tokens 8 (score residual, positions fixed, 0 sinks)"
     for a, b in zip(state.memory.store, loaded.memory.store, strict=True):
         assert a.seen == b.seen == 96
         assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4], strict=True))
@@ -284,11 +302,14 @@ def test_a_state_with_another_store_is_refused(reader, tmp_path):
     loaded = load_state(tmp_path / "s.state")
     for cfg in (replace(reader.cfg, exact_tokens=16), replace(reader.cfg, exact_tokens=0)):
         other = InfiniReader(reader.model.with_config(cfg))
-        with pytest.raises(CheckpointError, match=r"--exact-tokens 8 \(score residual, positions fixed\)"):
+        with pytest.raises(
+            CheckpointError, match=r"--exact-tokens 8 \(score residual, positions fixed, 0 sinks\)"
+        ):
             other.generate(loaded, [1, 2], GREEDY)
     attention = InfiniReader(reader.model.with_config(replace(reader.cfg, exact_score="attention")))
     with pytest.raises(
-        CheckpointError, match="this reader uses --exact-tokens 8 \\(score attention, positions fixed\\)"
+        CheckpointError,
+        match="this reader uses --exact-tokens 8 \\(score attention, positions fixed, 0 sinks\\)",
     ):
         attention.read([1], loaded)
 

@@ -170,12 +170,16 @@ def residual_score(v: Tensor, held: Tensor | None) -> Tensor:
     return r.pow(2).sum(dim=-1)
 
 
-def select_store(store: ExactStore | None, k: Tensor, v: Tensor, score: Tensor, capacity: int) -> ExactStore:
+def select_store(
+    store: ExactStore | None, k: Tensor, v: Tensor, score: Tensor, capacity: int, *, sinks: int = 0
+) -> ExactStore:
     """Write one segment's candidates into the store -> the new store of at most ``capacity`` pairs.
 
     k, v (b, h, n, d) keys before RoPE and values, score (b, h, n) float32. The candidates compete
     with the stored pairs on their scores and the weakest are dropped, per batch row and kv head; the
     survivors stay in stream order (stored pairs precede the segment, and the kept indices are sorted).
+    The first ``sinks`` tokens of the stream are always kept (attention sinks, StreamingLLM, arXiv
+    2309.17453: the model parks attention on them), with their own scores recorded.
     """
     b, h, n, _ = k.shape
     seen = store.seen if store is not None else 0
@@ -184,7 +188,8 @@ def select_store(store: ExactStore | None, k: Tensor, v: Tensor, score: Tensor, 
         k, v = torch.cat([store.k, k], dim=2), torch.cat([store.v, v], dim=2)
         score, pos = torch.cat([store.score, score], dim=2), torch.cat([store.pos, pos], dim=2)
     if k.shape[2] > capacity:
-        keep = score.topk(capacity, dim=-1, sorted=False).indices.sort(dim=-1).values  # (b, h, N)
+        rank = score.masked_fill(pos < sinks, float("inf")) if sinks else score
+        keep = rank.topk(capacity, dim=-1, sorted=False).indices.sort(dim=-1).values  # (b, h, N)
         k = k.gather(2, keep[..., None].expand(-1, -1, -1, k.shape[-1]))
         v = v.gather(2, keep[..., None].expand(-1, -1, -1, v.shape[-1]))
         score, pos = score.gather(2, keep), pos.gather(2, keep)

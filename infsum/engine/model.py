@@ -218,7 +218,9 @@ class InfiniModel(nn.Module):
                 if self.cfg.exact_score == "attention":  # sums -> mean over the queries that saw each key
                     score = score / torch.arange(n, 0, -1, device=score.device)
                 k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]
-                stores.append(select_store(st, k, v, score, self.cfg.exact_tokens))
+                stores.append(
+                    select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
+                )
         return self._new_state(state, Ms, zs, stores)
 
     def infini_state_dict(self) -> dict[str, Tensor]:
@@ -381,7 +383,7 @@ class InfiniModel(nn.Module):
             cache.score[i, :, :, pos : pos + n] = score
         if write_store:
             assert score is not None
-            st = select_store(st, k, v, score, self.cfg.exact_tokens)
+            st = select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
 
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)

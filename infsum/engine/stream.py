@@ -52,12 +52,13 @@ class ReaderState:
     exact_tokens: int = 0
     exact_score: str = "residual"
     exact_positions: str = "fixed"
+    exact_sinks: int = 0
 
     @property
     def store_settings(self) -> str:
-        """The store's settings in words; a reader must match them (score and placement only matter
-        with a store)."""
-        return _store_words(self.exact_tokens, self.exact_score, self.exact_positions)
+        """The store's settings in words; a reader must match them (score, placement and sinks only
+        matter with a store)."""
+        return _store_words(self.exact_tokens, self.exact_score, self.exact_positions, self.exact_sinks)
 
 
 class InfiniReader:
@@ -81,6 +82,7 @@ class InfiniReader:
             exact_tokens=self.cfg.exact_tokens,
             exact_score=self.cfg.exact_score,
             exact_positions=self.cfg.exact_positions,
+            exact_sinks=self.cfg.exact_sinks,
         )
 
     @torch.inference_mode()
@@ -220,7 +222,8 @@ class InfiniReader:
                 f"state was read with the {state.variant} memory variant, this reader uses "
                 f"{self.cfg.variant}: read the book again or match the settings"
             )
-        want_store = _store_words(self.cfg.exact_tokens, self.cfg.exact_score, self.cfg.exact_positions)
+        c = self.cfg
+        want_store = _store_words(c.exact_tokens, c.exact_score, c.exact_positions, c.exact_sinks)
         if state.store_settings != want_store:
             raise CheckpointError(
                 f"state was read with {state.store_settings}, this reader uses {want_store}: "
@@ -242,9 +245,13 @@ class InfiniReader:
         return state
 
 
-def _store_words(n: int, score: str, positions: str) -> str:
-    """'--exact-tokens 64 (score residual, positions fixed)', or '--exact-tokens 0' (no store)."""
-    return f"--exact-tokens {n} (score {score}, positions {positions})" if n else "--exact-tokens 0"
+def _store_words(n: int, score: str, positions: str, sinks: int) -> str:
+    """'--exact-tokens 64 (score residual, positions fixed, 4 sinks)', or '--exact-tokens 0' (no store)."""
+    return (
+        f"--exact-tokens {n} (score {score}, positions {positions}, {sinks} sinks)"
+        if n
+        else "--exact-tokens 0"
+    )
 
 
 def _nothing(_h: Tensor, _cols: slice) -> None:
@@ -326,6 +333,7 @@ def save_state(state: ReaderState, path: str | Path) -> None:
         "exact_tokens": str(state.exact_tokens),
         "exact_score": state.exact_score,
         "exact_positions": state.exact_positions,
+        "exact_sinks": str(state.exact_sinks),
     }
     save_file(tensors, str(path), metadata=meta)
 
@@ -371,6 +379,7 @@ def load_state(path: str | Path) -> ReaderState:
             int(meta.get("exact_tokens", "0")),  # format 1 files hold no store
             meta.get("exact_score", "residual"),
             meta.get("exact_positions", "fixed"),
+            int(meta.get("exact_sinks", "0")),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
