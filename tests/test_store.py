@@ -405,3 +405,21 @@ def test_training_builds_the_model_with_the_store(tiny_model_dir):
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert build_model(hf, TrainConfig(exact_tokens=32)).cfg.exact_tokens == 32
+
+
+def test_the_summary_records_the_store_and_the_state_file_holds_it(tiny_model_dir, tmp_path):
+    from infsum.models import load_model
+    from infsum.pipeline import summarize
+    from infsum.readers import Book, Chapter
+
+    book = Book("T", None, "en", (Chapter("One", "The keeper counted ships every night. " * 30),), "t.txt")
+    cfg = RunOptions(
+        model=str(tiny_model_dir), words=5, segment_len=32, exact_tokens=12, no_adapter=True
+    ).config()
+    result = summarize(
+        book, cfg, model=load_model(str(tiny_model_dir), device="cpu"), state_path=tmp_path / "s"
+    )
+    assert result.exact_tokens == 12 and result.to_dict()["exact_tokens"] == 12
+    assert "12 exact tokens)" in result.markdown()
+    state = load_state(tmp_path / "s")
+    assert state.exact_tokens == 12 and state.memory.store[0].size == 12
