@@ -11,6 +11,13 @@ from infsum.errors import ConfigError
 UpdateRule = Literal["delta", "linear"]
 UPDATE_RULES: tuple[UpdateRule, ...] = ("delta", "linear")  # the memory update rules (see engine/memory.py)
 DEFAULT_SEGMENT_LEN = 2048  # the paper's segment length: inference default everywhere
+ExactScore = Literal["residual", "attention"]
+# how the exact-token store ranks a token (see engine/memory.py and engine/model.py): the memory's
+# reconstruction error (LoLA) or the attention it received within its segment (H2O)
+EXACT_SCORES: tuple[ExactScore, ...] = ("residual", "attention")
+ExactPositions = Literal["before", "fixed"]
+# where stored keys sit in RoPE: in stream order just before the segment, or all at one position
+EXACT_POSITIONS: tuple[ExactPositions, ...] = ("before", "fixed")
 
 
 @dataclass(frozen=True)
@@ -22,10 +29,16 @@ class MemoryConfig:
     gate_init: float = -6.0  # sigmoid(-6) ~ 0.0025: an untrained conversion leans on local attention
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
     variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
+    exact_tokens: int = 0  # N exact (key, value) pairs kept per layer per kv head beside M; 0 = off
+    exact_score: ExactScore = "residual"  # what ranks them (EXACT_SCORES)
+    # where their keys sit in RoPE (EXACT_POSITIONS): "fixed" retrieved more passkeys (docs/store.md)
+    exact_positions: ExactPositions = "fixed"
+    exact_sinks: int = 0  # the stream's first tokens, always kept in the store (attention sinks)
 
     def __post_init__(self) -> None:
-        """Raise ConfigError for a segment length or update rule no memory can be built with (the
-        variant is checked by the engine, which holds the registry; the sliding window needs the model)."""
+        """Raise ConfigError for a segment length, update rule or store no memory can be built with
+        (the variant is checked by the engine, which holds the registry; the sliding window and
+        the model's context need the model)."""
         if self.segment_len < 1:
             raise ConfigError(
                 f"segment length {self.segment_len!r} must be a positive number of tokens: "
@@ -34,6 +47,23 @@ class MemoryConfig:
         if self.update not in UPDATE_RULES:
             raise ConfigError(
                 f"unknown memory update rule {self.update!r}: use --update {' or '.join(UPDATE_RULES)}"
+            )
+        if self.exact_tokens < 0:
+            raise ConfigError(
+                f"--exact-tokens {self.exact_tokens} is negative: use 0 (no store) or a number of tokens"
+            )
+        if not 0 <= self.exact_sinks <= max(self.exact_tokens, 0):
+            raise ConfigError(
+                f"exact-token sinks {self.exact_sinks} must lie between 0 and --exact-tokens "
+                f"{self.exact_tokens}"
+            )
+        if self.exact_score not in EXACT_SCORES:
+            raise ConfigError(
+                f"unknown exact-token score {self.exact_score!r}: use {' or '.join(EXACT_SCORES)}"
+            )
+        if self.exact_positions not in EXACT_POSITIONS:
+            raise ConfigError(
+                f"unknown exact-token positions {self.exact_positions!r}: use {' or '.join(EXACT_POSITIONS)}"
             )
 
 
@@ -93,6 +123,7 @@ class TrainConfig:
     gate_init: float = -2.0  # sigmoid(-2) = 0.12: memory already mixed in, so it gets gradient at once
     update: str = "delta"
     variant: str = "paper"  # memory variant (infsum.engine.memory.VARIANTS)
+    exact_tokens: int = 0  # exact-token store beside the memory (MemoryConfig.exact_tokens)
     lora_rank: int = 8  # 0 = train gates only (or the body with full_finetune)
     lora_alpha: float | None = None  # None = 2 * rank
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -274,9 +274,9 @@ def _answer(reader: InfiniReader, sample: PasskeySample, tokenizer: Tokenizer) -
     """The model's greedy answer (a few tokens: enough for the key and what follows it)."""
     ids = torch.tensor(sample.ids)
     seg = reader.cfg.segment_len
-    if not reader.cfg.enabled:
-        # without memory only the local (last) segment can reach the answer: skip the earlier ones,
-        # the output is identical and a 64K sample takes seconds instead of minutes
+    if not reader.cfg.enabled and not reader.cfg.exact_tokens:
+        # without memory or store only the local (last) segment can reach the answer: skip the earlier
+        # ones, the output is identical and a 64K sample takes seconds instead of minutes
         ids = ids[-seg:]  # the local segment is at most the last seg tokens
     gen = GenerationConfig(
         max_new_tokens=len(sample.answer_ids) + 2, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=0

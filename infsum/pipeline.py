@@ -59,6 +59,7 @@ class SummaryResult:
     peak_rss_mb: float
     infsum_version: str
     rouge: RougeScores | None = None
+    exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
 
@@ -82,7 +83,8 @@ class SummaryResult:
         how = f"{self.strategy} strategy" if self.model is None else f"model {self.model}"
         if self.model is not None and self.strategy == "infini":
             how += f" ({'adapter ' + Path(self.adapter).name if self.adapter else 'no adapter'}, "
-            how += f"{self.update} memory {'on' if self.memory else 'off'})"
+            how += f"{self.update} memory {'on' if self.memory else 'off'}"
+            how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
@@ -184,6 +186,7 @@ class Summarizer:
             adapter=draft.adapter,
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
+            exact_tokens=self.cfg.memory.exact_tokens,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             generation=generation if loaded else {},

@@ -71,6 +71,7 @@ def _memory_config(cfg: TrainConfig) -> MemoryConfig:
         update=cfg.update,  # type: ignore[arg-type] (checked by MemoryConfig)
         gate_init=cfg.gate_init,
         variant=cfg.variant,
+        exact_tokens=cfg.exact_tokens,
     )
 
 

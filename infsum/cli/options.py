@@ -89,6 +89,13 @@ Model = Annotated[
     str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")
 ]
 SegmentLen = Annotated[int, typer.Option(min=1, help="Tokens per segment streamed through the model.")]
+ExactTokens = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Exact tokens kept per layer beside the memory (any model, no training); 0 = none.",
+    ),
+]
 Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
 Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
 MemoryVariant = Annotated[
@@ -125,6 +132,7 @@ class RunOptions:
     update: Update = "delta"
     memory: Memory = "on"
     memory_variant: MemoryVariant = DEFAULT_VARIANT
+    exact_tokens: ExactTokens = 0
     temperature: Temperature = 0.0
     seed: Seed = None
     device: Device = "auto"
@@ -145,6 +153,7 @@ class RunOptions:
                 update=self.update,
                 enabled=self.memory == "on",
                 variant=self.memory_variant,
+                exact_tokens=self.exact_tokens,
             ),
             generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
             password=password,
@@ -153,7 +162,16 @@ class RunOptions:
 
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
 # passkey: the model and memory options only (it writes no summary; its own --seed seeds the prompts)
-MODEL_FIELDS = ("model", "segment_len", "memory", "memory_variant", "adapter", "no_adapter", "device")
+MODEL_FIELDS = (
+    "model",
+    "segment_len",
+    "memory",
+    "memory_variant",
+    "exact_tokens",
+    "adapter",
+    "no_adapter",
+    "device",
+)
 
 
 def run_options(fields: Sequence[str] = RUN_FIELDS) -> Callable[[Command], Command]:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .options import DEFAULT_VARIANT, Device, MemoryVariant, Model, Quiet, float_list
+from .options import DEFAULT_VARIANT, Device, ExactTokens, MemoryVariant, Model, Quiet, float_list
 
 
 def train_command(
@@ -44,6 +44,7 @@ def train_command(
     gate_lr: Annotated[float, typer.Option(help="Learning rate of the gates (no weight decay).")] = 5e-2,
     gate_init: Annotated[float, typer.Option(help="Initial gate beta (memory share: sigmoid).")] = -2.0,
     memory_variant: MemoryVariant = DEFAULT_VARIANT,
+    exact_tokens: ExactTokens = 0,
     rank: Annotated[int, typer.Option(min=0, help="LoRA rank on q/k/v/o; 0 trains the gates only.")] = 8,
     full_finetune: Annotated[bool, typer.Option(help="Train every weight (also writes a model).")] = False,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Resumable checkpoints go here.")] = None,
@@ -76,6 +77,7 @@ def train_command(
         gate_lr=gate_lr,
         gate_init=gate_init,
         variant=memory_variant,
+        exact_tokens=exact_tokens,
         lora_rank=rank,
         full_finetune=full_finetune,
         mix=float_list(mix, 3),

@@ -11,7 +11,7 @@ from infsum.engine.adapter import (
     resolve_adapter,
     save_adapter,
 )
-from infsum.engine.memory import MemoryState, gate, read_memory, sigma, update_memory
+from infsum.engine.memory import ExactStore, MemoryState, gate, read_memory, sigma, update_memory
 from infsum.engine.model import InfiniModel, LocalCache, convert
 from infsum.engine.stream import InfiniReader, ReaderState, load_state, save_state
 
@@ -19,6 +19,7 @@ __all__ = [
     "ADAPTER_FORMAT",
     "DEFAULT_ADAPTER",
     "AdapterChoice",
+    "ExactStore",
     "Ready",
     "InfiniModel",
     "InfiniReader",

@@ -34,28 +34,72 @@ _DENOM_FLOOR = 1e-30
 _RMS_EPS = 1e-6
 
 
+class ExactStore(NamedTuple):
+    """One layer's store of exact tokens: at most N (key, value) pairs per kv head, kept beside the
+    compressive memory (``MemoryConfig.exact_tokens``; LoLA, arXiv 2505.23666).
+
+    ``k`` (b, h_kv, P, d) keys BEFORE RoPE and ``v`` (b, h_kv, P, d) values, in the model's dtype;
+    ``score`` (b, h_kv, P) float32, the score each pair got when its segment was written; ``pos``
+    (b, h_kv, P) int64, each pair's index in the stream. P <= N is the same for every layer and head
+    (min(N, tokens written)); every head keeps its pairs in stream order. ``seen`` counts the tokens
+    written so far (the stream index of the next one).
+    """
+
+    k: Tensor
+    v: Tensor
+    score: Tensor
+    pos: Tensor
+    seen: int
+
+    @property
+    def size(self) -> int:
+        """P, the pairs held per kv head."""
+        return self.k.shape[2]
+
+    def detach(self) -> ExactStore:
+        """The same store cut from the autograd graph."""
+        return ExactStore(self.k.detach(), self.v.detach(), self.score, self.pos, self.seen)
+
+    def to(self, device: torch.device | str) -> ExactStore:
+        """The same store on ``device``."""
+        return ExactStore(
+            self.k.to(device), self.v.to(device), self.score.to(device), self.pos.to(device), self.seen
+        )
+
+
 class MemoryState(NamedTuple):
     """Per-layer memories, a value passed in and out of the model (``None`` = empty memory).
 
     ``M[i]`` is layer i's (b, h_kv, d_k, d_v) associative matrix, ``z[i]`` its (b, h_kv, d_k)
-    normaliser; both float32. Tensors are never modified in place.
+    normaliser; both float32; both empty tuples when the memory is off and only a store is kept.
+    ``store[i]`` is layer i's ``ExactStore`` (an empty tuple when ``exact_tokens`` is 0). Tensors are
+    never modified in place.
     """
 
     M: tuple[Tensor, ...]
     z: tuple[Tensor, ...]
+    store: tuple[ExactStore, ...] = ()
 
     @property
     def n_layers(self) -> int:
-        """How many layers hold a memory."""
-        return len(self.M)
+        """How many layers hold a memory or a store."""
+        return len(self.M) or len(self.store)
 
     def detach(self) -> MemoryState:
         """The same memory cut from the autograd graph (truncated back-propagation through time)."""
-        return MemoryState(tuple(m.detach() for m in self.M), tuple(z.detach() for z in self.z))
+        return MemoryState(
+            tuple(m.detach() for m in self.M),
+            tuple(z.detach() for z in self.z),
+            tuple(s.detach() for s in self.store),
+        )
 
     def to(self, device: torch.device | str) -> MemoryState:
         """The same memory on ``device`` (still float32)."""
-        return MemoryState(tuple(m.to(device) for m in self.M), tuple(z.to(device) for z in self.z))
+        return MemoryState(
+            tuple(m.to(device) for m in self.M),
+            tuple(z.to(device) for z in self.z),
+            tuple(s.to(device) for s in self.store),
+        )
 
 
 def sigma(x: Tensor) -> Tensor:
@@ -114,6 +158,44 @@ def gate(a_mem: Tensor | None, a_dot: Tensor, beta: Tensor) -> Tensor:
     return (g * a_mem + (1.0 - g) * a_dot.float()).to(a_dot.dtype)  # eq (6)
 
 
+# ---- the exact-token store -----------------------------------------------------------------------
+
+
+def residual_score(v: Tensor, held: Tensor | None) -> Tensor:
+    """LoLA's score (arXiv 2505.23666): ||v - retrieved||^2 per token, float32, v (b, h, n, e) ->
+    (b, h, n). ``held`` is what the memory returns for the tokens' keys before their segment is
+    written (the delta rule's correction term, eq 5); ``None`` (memory empty or off) scores ||v||^2:
+    with nothing to reconstruct from, every value is all error."""
+    r = v.float() if held is None else v.float() - held
+    return r.pow(2).sum(dim=-1)
+
+
+def select_store(
+    store: ExactStore | None, k: Tensor, v: Tensor, score: Tensor, capacity: int, *, sinks: int = 0
+) -> ExactStore:
+    """Write one segment's candidates into the store -> the new store of at most ``capacity`` pairs.
+
+    k, v (b, h, n, d) keys before RoPE and values, score (b, h, n) float32. The candidates compete
+    with the stored pairs on their scores and the weakest are dropped, per batch row and kv head; the
+    survivors stay in stream order (stored pairs precede the segment, and the kept indices are sorted).
+    The first ``sinks`` tokens of the stream are always kept (attention sinks, StreamingLLM, arXiv
+    2309.17453: the model parks attention on them), with their own scores recorded.
+    """
+    b, h, n, _ = k.shape
+    seen = store.seen if store is not None else 0
+    pos = torch.arange(seen, seen + n, device=k.device).expand(b, h, n)
+    if store is not None:
+        k, v = torch.cat([store.k, k], dim=2), torch.cat([store.v, v], dim=2)
+        score, pos = torch.cat([store.score, score], dim=2), torch.cat([store.pos, pos], dim=2)
+    if k.shape[2] > capacity:
+        rank = score.masked_fill(pos < sinks, float("inf")) if sinks else score
+        keep = rank.topk(capacity, dim=-1, sorted=False).indices.sort(dim=-1).values  # (b, h, N)
+        k = k.gather(2, keep[..., None].expand(-1, -1, -1, k.shape[-1]))
+        v = v.gather(2, keep[..., None].expand(-1, -1, -1, v.shape[-1]))
+        score, pos = score.gather(2, keep), pos.gather(2, keep)
+    return ExactStore(k, v, score, pos.contiguous(), seen + n)
+
+
 # ---- variants -----------------------------------------------------------------------------------
 
 Normaliser = Literal["z", "corrected-z", "none", "rms"]
@@ -153,6 +235,14 @@ class MemoryVariant:
             out = out * torch.rsqrt(out.pow(2).mean(dim=-1, keepdim=True) + _RMS_EPS)
         return out
 
+    def held(self, fk: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor | None:
+        """What the memory returns for fk = phi(K) (b, h_kv, n, d_k), float32: the term the delta rule
+        subtracts from V (the z ratio for ``z``/``corrected-z``, phi(K) M for ``none``/``rms``);
+        ``None`` for an empty memory."""
+        if M is None or z is None:
+            return None
+        return _retrieve(fk, M, z) if self.normaliser in ("z", "corrected-z") else fk @ M
+
     def update(
         self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None, *, rule: Rule = "delta"
     ) -> tuple[Tensor, Tensor]:
@@ -170,8 +260,7 @@ class MemoryVariant:
         if M is None or z is None:
             return fk.transpose(-1, -2) @ v, fk.sum(dim=-2)
         if rule == "delta":
-            held = _retrieve(fk, M, z) if self.normaliser == "corrected-z" else fk @ M
-            v = v - held
+            v = v - self.held(fk, M, z)
         dz = fk.sum(dim=-2)  # (b, h, d)
         if self.normaliser == "corrected-z":
             sq_norm = fk.pow(2).sum(dim=-1, keepdim=True).clamp_min(_DENOM_FLOOR)  # (b, h, n, 1)

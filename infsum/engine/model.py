@@ -14,6 +14,19 @@ is read with sigma(Q) and written with sigma(K), V BEFORE RoPE; RoPE and causal 
 (SDPA) only on the local path, with positions restarting at 0 in every segment; one gate scalar
 beta per query head mixes the two; then W_O.
 
+With ``exact_tokens`` = N > 0, each layer also keeps an ``ExactStore`` of at most N exact (key,
+value) pairs per kv head (docs/store.md). The local attention then runs ONE softmax over the stored
+pairs and the segment, so the model retrieves an earlier passage with its own trained attention. The
+stored keys are kept before RoPE and rotated at use: with ``exact_positions="before"`` the P stored
+keys take positions 0..P-1 (stream order) and the segment P.., so a store holding every token is
+exactly full causal attention; with ``"fixed"`` (the default: it retrieved more passkeys,
+docs/store.md) all stored keys take position 0 and the segment 1.., so every stored key looks near.
+When a segment is written, its tokens compete with the stored ones on a score fixed at that moment
+and the weakest are dropped: ``"residual"``, LoLA's ||v - retrieved||^2 (arXiv 2505.23666), or
+``"attention"``, the mean attention a key received from the segment's queries that see it, relative
+to uniform attention (H2O, arXiv 2306.14048; both normalisations keep early keys from winning only
+because they are early).
+
 Axis letters: b batch, n tokens, s cache slots, L layers, h query heads, k key/value heads,
 g query heads per kv head, d head dim.
 """
@@ -30,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.memory import MemoryState, gate, get_variant
+from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # config.model_type values with the Llama layer layout
@@ -42,6 +55,7 @@ _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]
 Logits = Literal["all", "last", "none"]
 # what forward_segments keeps of one segment: f(final hidden states (b, n, hidden), its columns of ids)
 PerSegment = Callable[[Tensor, slice], Any]
+_SCORE_CHUNK = 256  # queries per block when the attention score materialises softmax weights
 
 
 @dataclass
@@ -50,13 +64,18 @@ class LocalCache:
 
     ``k`` holds RoPE-rotated keys (local attention), ``k_raw`` the same keys before RoPE (what the
     memory is written with when the segment is full), ``v`` the values; each (L, b, k, s, d) in the
-    model's dtype. ``pos`` = how many slots are filled. Mutable on purpose: owned by one generation.
+    model's dtype. ``pos`` = how many slots are filled. With a store, ``score`` (L, b, k, s) float32
+    gathers each cached token's store score as it is decoded (for ``commit``), and store pairs at or
+    after stream index ``hide_from`` are hidden from the attention (they are re-read in this cache).
+    Mutable on purpose: owned by one generation.
     """
 
     k: Tensor
     k_raw: Tensor
     v: Tensor
     pos: int = 0
+    score: Tensor | None = None
+    hide_from: int | None = None
 
     @property
     def size(self) -> int:
@@ -102,7 +121,8 @@ class InfiniModel(nn.Module):
         logits: Logits = "all",
         write: bool = True,
     ) -> tuple[Tensor | None, MemoryState | None]:
-        """Run one segment (b, n) at positions 0..n-1 -> (logits, new memory state).
+        """Run one segment (b, n) at local positions 0..n-1 (after the store's, if any) -> (logits,
+        new memory state).
 
         The segment reads ``state`` (written by earlier segments) and, with ``write``, is added to
         it; ``logits`` picks (b, n, V), the last position's (b, V), or None (reading only).
@@ -159,13 +179,17 @@ class InfiniModel(nn.Module):
         """An empty preallocated local cache of one segment for ``batch`` streams."""
         p = next(self.hf.parameters())
         shape = (self.n_layers, batch, self.n_kv, self.cfg.segment_len, self.head_dim)
-        return LocalCache(*(torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(3)))
+        score = None
+        if self.cfg.exact_tokens:
+            score = torch.zeros(shape[:-1], dtype=torch.float32, device=p.device)
+        kv = (torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(3))
+        return LocalCache(*kv, score=score)
 
     def decode(self, input_ids: Tensor, state: MemoryState | None, cache: LocalCache) -> Tensor:
         """Continue the local segment in ``cache`` with (b, m) tokens -> last position's logits (b, V).
 
-        The tokens take positions cache.pos.. and are appended to the cache; memory is only read
-        (call ``commit`` when the cache is full). Raises if they do not fit in the segment.
+        The tokens take local positions cache.pos.. and are appended to the cache; memory and store
+        are only read (call ``commit`` when the cache is full). Raises if they do not fit in the segment.
         """
         m = input_ids.shape[1]
         assert cache.pos + m <= cache.size, "decode past the segment end: commit the cache first"
@@ -174,19 +198,30 @@ class InfiniModel(nn.Module):
         return out
 
     def commit(self, state: MemoryState | None, cache: LocalCache) -> MemoryState | None:
-        """Write the cached local segment into memory and empty the cache -> new memory state."""
+        """Write the cached local segment into memory (and store) and empty the cache -> new state."""
         n = cache.pos
         cache.pos = 0
-        if not self.cfg.enabled or n == 0:
+        store_on = self.cfg.exact_tokens > 0 and cache.score is not None
+        if not (self.cfg.enabled or store_on) or n == 0:
             return state
-        Ms, zs = [], []
+        assert cache.hide_from is None, "a cache that re-reads stored tokens is never committed"
+        Ms, zs, stores = [], [], []
         for i in range(self.n_layers):
-            M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
-            fk = self.variant.features(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
-            M, z = self.variant.update(fk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
-            Ms.append(M)
-            zs.append(z)
-        return MemoryState(tuple(Ms), tuple(zs))
+            M, z, st = self._layer_state(state, i)
+            if self.cfg.enabled:
+                fk = self.variant.features(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
+                M, z = self.variant.update(fk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
+                Ms.append(M)
+                zs.append(z)
+            if store_on:
+                score = cache.score[i, :, :, :n]  # type: ignore[index]
+                if self.cfg.exact_score == "attention":  # sums -> mean over the queries that saw each key
+                    score = score / torch.arange(n, 0, -1, device=score.device)
+                k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]
+                stores.append(
+                    select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
+                )
+        return self._new_state(state, Ms, zs, stores)
 
     def infini_state_dict(self) -> dict[str, Tensor]:
         """The Infini-specific trained tensors, as saved in an adapter: the gates and any low-rank
@@ -228,75 +263,184 @@ class InfiniModel(nn.Module):
         before the norm (b, n, hidden), new memory state)."""
         m = self.hf.model
         h = m.embed_tokens(ids)  # (b, n, hidden)
-        cos, sin = self._rope(pos, ids.shape[1], h)
-        write = write and self.cfg.enabled
-        Ms, zs = [], []
+        held = state.store[0].size if state is not None and state.store else 0
+        offset = held if self.cfg.exact_positions == "before" else min(held, 1)
+        cos, sin = self._rope(offset + pos, ids.shape[1], h)
+        # stored keys before the segment, in stream order, or all at position 0 (see the module doc)
+        store_rope = self._rope(0, held, h) if self.cfg.exact_positions == "before" else self._rope(0, 1, h)
+        write_memory = write and self.cfg.enabled
+        write_store = write and self.cfg.exact_tokens > 0
+        Ms, zs, stores = [], [], []
         for i, layer in enumerate(m.layers):
-            M, z = (state.M[i], state.z[i]) if state is not None else (None, None)
-            a, M, z = self._attention(
+            M, z, st = self._layer_state(state, i)
+            a, M, z, st = self._attention(
                 i,
                 layer.self_attn,
                 layer.input_layernorm(h),
-                cos,
-                sin,
+                (cos, sin),
                 M,
                 z,
+                st,
+                store_rope,
                 pos=pos,
                 cache=cache,
-                write=write,
+                write_memory=write_memory,
+                write_store=write_store,
             )
             h = h + a
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-            Ms.append(M)
-            zs.append(z)
-        return h, MemoryState(tuple(Ms), tuple(zs)) if write else state
+            if write_memory:
+                Ms.append(M)
+                zs.append(z)
+            if write_store and st is not None:
+                stores.append(st)
+        return h, self._new_state(state, Ms, zs, stores)
+
+    @staticmethod
+    def _layer_state(
+        state: MemoryState | None, i: int
+    ) -> tuple[Tensor | None, Tensor | None, ExactStore | None]:
+        """Layer i's (M, z, store), each None where the state holds none."""
+        if state is None:
+            return None, None, None
+        M, z = (state.M[i], state.z[i]) if state.M else (None, None)
+        return M, z, state.store[i] if state.store else None
+
+    @staticmethod
+    def _new_state(
+        state: MemoryState | None, Ms: list[Tensor], zs: list[Tensor], stores: list[ExactStore]
+    ) -> MemoryState | None:
+        """``state`` with the memories and stores written this segment replaced (an empty list keeps
+        what ``state`` had); None while nothing was ever written (memory off, no store)."""
+        if not Ms and not stores:
+            return state
+        old = state or MemoryState((), ())
+        return MemoryState(tuple(Ms) or old.M, tuple(zs) or old.z, tuple(stores) or old.store)
 
     def _attention(
         self,
         i: int,
         attn: nn.Module,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        rope: tuple[Tensor, Tensor],
         M: Tensor | None,
         z: Tensor | None,
+        st: ExactStore | None,
+        store_rope: tuple[Tensor, Tensor],
         *,
         pos: int,
         cache: LocalCache | None,
-        write: bool,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z)."""
+        write_memory: bool,
+        write_store: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, ExactStore | None]:
+        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z, store)."""
         b, n, _ = x.shape
         kh, g, d = self.n_kv, self.groups, self.head_dim
         q = attn.q_proj(x).view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
         k = attn.k_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
         v = attn.v_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
 
-        a_mem = None
+        a_mem, score = None, None
+        # store scores are taken for a segment being written, or for tokens entering the cache
+        scoring = self.cfg.exact_tokens > 0 and (write_store or cache is not None)
         if self.cfg.enabled and M is not None:
             # query head j belongs to kv head j // g (HF's repeat_kv): fold the g heads into n
             fq = self.variant.features(q.reshape(b, kh, g * n, d))  # (b, k, g*n, d), before RoPE
             a_mem = self.variant.read(fq, M, z).view(b, kh * g, n, d)  # read before the update
-        if write:
+        if scoring and self.cfg.exact_score == "residual":
+            # LoLA: what the memory, as it was before this segment, fails to give back for each key
+            held = self.variant.held(self.variant.features(k), M, z) if self.cfg.enabled else None
+            score = residual_score(v, held)  # (b, k, n)
+        if write_memory:
             M, z = self.variant.update(self.variant.features(k), v, M, z, rule=self.cfg.update)
 
-        qr, kr = _rotate(q, cos, sin), _rotate(k, cos, sin)  # RoPE only on the local path
+        qr, kr = _rotate(q, *rope), _rotate(k, *rope)  # RoPE only on the local path
+        k_seg, v_seg = kr, v
         if cache is not None:
             cache.k[i, :, :, pos : pos + n] = kr
             cache.k_raw[i, :, :, pos : pos + n] = k
             cache.v[i, :, :, pos : pos + n] = v
-            kr, v = cache.k[i, :, :, : pos + n], cache.v[i, :, :, : pos + n]
-        a_dot = self._sdpa(qr, kr, v, pos=pos)  # (b, h, n, d)
+            k_seg, v_seg = cache.k[i, :, :, : pos + n], cache.v[i, :, :, : pos + n]
+        prefix, visible = 0, None
+        if st is not None and st.size:  # the stored pairs join the same softmax, ahead of the segment
+            prefix = st.size
+            k_seg = torch.cat([_rotate(st.k, *store_rope), k_seg], dim=2)
+            v_seg = torch.cat([st.v, v_seg], dim=2)
+            if cache is not None and cache.hide_from is not None:
+                visible = st.pos < cache.hide_from  # (b, k, P)
+        a_dot = self._sdpa(qr, k_seg, v_seg, pos=pos, prefix=prefix, visible=visible)  # (b, h, n, d)
+
+        if scoring and self.cfg.exact_score == "attention":
+            received = self._received(qr, k_seg, pos=pos, prefix=prefix, visible=visible)  # (b, k, pos+n)
+            if cache is None:  # the whole segment: mean over the n - j queries that see key j
+                score = received / torch.arange(n, 0, -1, device=received.device)
+            else:  # decoding: sums so far, divided at commit
+                assert cache.score is not None
+                cache.score[i, :, :, pos : pos + n] = 0.0
+                cache.score[i, :, :, : pos + n] += received
+        elif cache is not None and score is not None:
+            assert cache.score is not None
+            cache.score[i, :, :, pos : pos + n] = score
+        if write_store:
+            assert score is not None
+            st = select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
 
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
-        return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z
+        return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z, st
 
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, *, pos: int) -> Tensor:
-        """Causal softmax attention of q (b, h, n, d) at positions pos.. over k, v (b, k, pos+n, d)."""
-        n = q.shape[2]
+    def _received(self, q: Tensor, k: Tensor, *, pos: int, prefix: int, visible: Tensor | None) -> Tensor:
+        """The attention weight each local key receives, times the number of keys its query sees
+        (1 = uniform attention), summed over the queries q (b, h, n, d) at local positions pos.. and
+        averaged over the g query heads of its kv group -> (b, k, pos+n) float32. The softmax is the
+        one ``_sdpa`` takes, over k (b, k, prefix+pos+n, d); computed in blocks of queries so the
+        weights of a whole segment are never held at once."""
+        b, h, n, d = q.shape
+        kh, g = self.n_kv, self.groups
+        qg = q.reshape(b, kh, g, n, d).float()
+        kt = k.float().transpose(-1, -2)[:, :, None]  # (b, k, 1, d, S)
+        mask = self._local_mask(n, pos, prefix, visible, q.device)  # (b|1, k|1, 1, n, S)
+        out = torch.zeros(b, kh, k.shape[2], dtype=torch.float32, device=q.device)
+        for c in range(0, n, _SCORE_CHUNK):
+            seen = mask[..., c : c + _SCORE_CHUNK, :]
+            w = (qg[:, :, :, c : c + _SCORE_CHUNK] @ kt) * self.scale  # (b, k, g, c, S)
+            w = w.masked_fill(~seen, float("-inf")).softmax(dim=-1)
+            # relative to uniform attention: a query that sees few keys (early in the segment, empty
+            # store) would otherwise give each of them a large weight whatever it attends to
+            out += (w * seen.sum(dim=-1, keepdim=True)).sum(dim=(2, 3))
+        return out[:, :, prefix:] / g
+
+    def _local_mask(
+        self, n: int, pos: int, prefix: int, visible: Tensor | None, device: torch.device
+    ) -> Tensor:
+        """Which keys queries at local positions pos..pos+n-1 see, as a bool (b|1, k|1, 1, n, S) mask
+        over S = prefix + pos + n keys: the ``prefix`` stored pairs (those ``visible`` (b, k, P)
+        marks, or all) and the local keys causally."""
+        local = self._causal_mask(pos + n, device)[pos : pos + n]  # (n, pos+n)
+        store = torch.ones(n, prefix, dtype=torch.bool, device=device)
+        mask = torch.cat([store, local], dim=-1)[None, None, None]  # (1, 1, 1, n, S)
+        if visible is not None:
+            mask = mask.repeat(*visible.shape[:2], 1, 1, 1)
+            mask[..., :prefix] &= visible[:, :, None, None, :]
+        return mask
+
+    def _sdpa(
+        self, q: Tensor, k: Tensor, v: Tensor, *, pos: int, prefix: int = 0, visible: Tensor | None = None
+    ) -> Tensor:
+        """Causal softmax attention of q (b, h, n, d) at local positions pos.. over k, v (b, k,
+        prefix+pos+n, d): the first ``prefix`` keys are stored pairs every query sees (those
+        ``visible`` (b, k, prefix) marks, or all)."""
+        b, _, n, _ = q.shape
         mask, causal = None, pos == 0 and n > 1
-        if pos > 0 and n > 1:  # a chunk after cached tokens: causal within, full over the past
+        if prefix:  # stored pairs: every query sees them, then causal over the local keys
+            causal = False
+            if n > 1 or visible is not None:
+                mask = self._local_mask(n, pos, prefix, visible, q.device)
+                if visible is None:  # one (n, S) mask for every head
+                    mask = mask[0, 0]
+                else:  # per kv head: each of its g query heads gets its mask
+                    mask = mask.expand(b, self.n_kv, self.groups, n, k.shape[2]).reshape(b, -1, n, k.shape[2])
+        elif pos > 0 and n > 1:  # a chunk after cached tokens: causal within, full over the past
             mask = self._causal_mask(pos + n, q.device)[pos : pos + n]
         dropout = self.attn_dropout if self.training else 0.0
         if _SDPA_GQA:
@@ -319,7 +463,7 @@ class InfiniModel(nn.Module):
 
     def _rope(self, pos: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """cos, sin (n, d) for local positions pos..pos+n-1, from the HF model's rotary module."""
-        size = max(self.cfg.segment_len, pos + n)
+        size = max(self.cfg.segment_len + self.cfg.exact_tokens, pos + n)
         key = ("rope", size, like.device, like.dtype)
         if key not in self._consts:
             ids = torch.arange(size, device=like.device)[None]
@@ -372,6 +516,13 @@ def _check_supported(model: nn.Module, cfg: MemoryConfig) -> None:
         raise ConfigError(
             f"segment length {cfg.segment_len} exceeds the model's sliding window "
             f"{window}: use --segment-len {window} or less"
+        )
+    # the stored pairs and the segment form one local window: it must stay in the trained context
+    context = getattr(c, "max_position_embeddings", None)
+    if cfg.exact_tokens and context and cfg.exact_tokens + cfg.segment_len > context:
+        raise ConfigError(
+            f"--exact-tokens {cfg.exact_tokens} + --segment-len {cfg.segment_len} exceeds the model's "
+            f"context of {context} tokens: lower one so that they sum to {context} or less"
         )
 
 

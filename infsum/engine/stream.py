@@ -21,12 +21,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from infsum.config import GenerationConfig
-from infsum.engine.memory import MemoryState
+from infsum.engine.memory import ExactStore, MemoryState
 from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
 from infsum.progress import Counter
 
-STATE_FORMAT = "infsum-state/1"
+STATE_FORMAT = "infsum-state/2"  # 2 added the exact-token store
+_OLD_FORMATS = ("infsum-state/1",)  # still read: they hold no store (exact_tokens 0)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class ReaderState:
     """What the reader knows after some tokens: complete segments in memory, the rest pending.
 
     ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
-    token read; ``segment_len``, ``update``, ``model_name`` and ``variant`` say how the memory was built.
+    token read; ``segment_len``, ``update``, ``model_name``, ``variant`` and the ``exact_*`` store
+    settings say how the memory was built.
     ``recent`` holds the ids of the last segment already written into memory: generation re-reads
     the end of it locally when the pending tail is short (see ``InfiniReader.generate``).
     """
@@ -47,6 +49,16 @@ class ReaderState:
     model_name: str
     recent: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     variant: str = "paper"
+    exact_tokens: int = 0
+    exact_score: str = "residual"
+    exact_positions: str = "fixed"
+    exact_sinks: int = 0
+
+    @property
+    def store_settings(self) -> str:
+        """The store's settings in words; a reader must match them (score, placement and sinks only
+        matter with a store)."""
+        return _store_words(self.exact_tokens, self.exact_score, self.exact_positions, self.exact_sinks)
 
 
 class InfiniReader:
@@ -67,6 +79,10 @@ class InfiniReader:
             self.cfg.update,
             self.model.name,
             variant=self.cfg.variant,
+            exact_tokens=self.cfg.exact_tokens,
+            exact_score=self.cfg.exact_score,
+            exact_positions=self.cfg.exact_positions,
+            exact_sinks=self.cfg.exact_sinks,
         )
 
     @torch.inference_mode()
@@ -121,7 +137,8 @@ class InfiniReader:
         segment rolls into memory while it is generated): when pending tokens + prompt leave no
         room, the oldest pending tokens go into memory first (as one shorter segment); when they
         leave room, it is filled with the end of the last segment already in memory, re-read
-        locally but not written again. So the answer always sees the book's last
+        locally but not written again (store pairs of those tokens are hidden meanwhile, so no token
+        is seen twice). So the answer always sees the book's last
         ``segment_len - max_new_tokens`` tokens directly, whatever the book's length modulo the
         segment length (an untrained gate reads little from memory: without this, a book that
         ends just after a segment boundary would be summarized from the prompt alone).
@@ -146,15 +163,19 @@ class InfiniReader:
         # an answer longer than a segment rolls into memory anyway: then keep the prompt local
         keep = min(len(local), room if room >= 1 else max(min(len(prompt), seg), 1))
         head = len(local) - keep
+        hide_from = None
         if head == 0 and room >= 1 and len(local) < room:  # room left: re-read the last segment's end
-            local = torch.cat([state.recent[max(len(state.recent) - (room - len(local)), 0) :], local])
+            reread = state.recent[max(len(state.recent) - (room - len(local)), 0) :]
+            local = torch.cat([reread, local])
+            if state.memory is not None and state.memory.store:  # the stored copies step aside
+                hide_from = state.memory.store[0].seen - len(reread)
         memory = state.memory
         was_training = self.model.training
         self.model.eval()
         try:
             # full segments, then one shorter one
             _, memory = self.model.forward_segments(local[:head].to(self.device)[None], memory, each=_nothing)
-            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token)
+            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from)
         finally:
             self.model.train(was_training)
 
@@ -165,9 +186,12 @@ class InfiniReader:
         gen: GenerationConfig,
         stop: set[int],
         on_token: Callable[[int], None] | None,
+        hide_from: int | None,
     ) -> list[int]:
-        """Prefill the local segment, then one token at a time, rolling into memory when it fills."""
+        """Prefill the local segment, then one token at a time, rolling into memory when it fills.
+        Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally)."""
         cache = self.model.new_cache(1)
+        cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
         sampler = _Sampler(gen, logits.shape[-1], self.device)
         out: list[int] = []
@@ -185,8 +209,8 @@ class InfiniReader:
         return out
 
     def _check(self, state: ReaderState) -> ReaderState:
-        """Raise CheckpointError if ``state`` was built with another segment length, rule, variant or
-        model."""
+        """Raise CheckpointError if ``state`` was built with another segment length, rule, variant,
+        store or model."""
         if state.segment_len != self.cfg.segment_len or state.update != self.cfg.update:
             raise CheckpointError(
                 f"state was read with segment length {state.segment_len} and the "
@@ -198,18 +222,36 @@ class InfiniReader:
                 f"state was read with the {state.variant} memory variant, this reader uses "
                 f"{self.cfg.variant}: read the book again or match the settings"
             )
+        c = self.cfg
+        want_store = _store_words(c.exact_tokens, c.exact_score, c.exact_positions, c.exact_sinks)
+        if state.store_settings != want_store:
+            raise CheckpointError(
+                f"state was read with {state.store_settings}, this reader uses {want_store}: "
+                "read the book again or match the settings"
+            )
         m = self.model
         want = (m.n_layers, m.n_kv, m.head_dim)
         if state.memory is not None:
-            got = (state.memory.n_layers, state.memory.M[0].shape[1], state.memory.M[0].shape[2])
+            # the memory's M or, with the memory off, the store's keys: (b, kv heads, ..., head dim)
+            t = state.memory.M[0] if state.memory.M else state.memory.store[0].k
+            got = (state.memory.n_layers, t.shape[1], t.shape[-1])
             if got != want:
                 raise CheckpointError(
                     f"state memory has (layers, kv heads, head dim) {got}, model "
                     f"{m.name} needs {want}: read the book again with this model"
                 )
-            if state.memory.M[0].device != self.device:
+            if t.device != self.device:
                 state = replace(state, memory=state.memory.to(self.device))
         return state
+
+
+def _store_words(n: int, score: str, positions: str, sinks: int) -> str:
+    """'--exact-tokens 64 (score residual, positions fixed, 4 sinks)', or '--exact-tokens 0' (no store)."""
+    return (
+        f"--exact-tokens {n} (score {score}, positions {positions}, {sinks} sinks)"
+        if n
+        else "--exact-tokens 0"
+    )
 
 
 def _nothing(_h: Tensor, _cols: slice) -> None:
@@ -258,27 +300,40 @@ class _Sampler:
 def save_state(state: ReaderState, path: str | Path) -> None:
     """Save a reader state as safetensors (+ JSON metadata).
 
-    The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats) and the pending and recent ids in
-    fixed segment_len slots, so its size does not depend on the book's length (a state whose memory
-    is still empty, a book shorter than one segment, is smaller). Pending tokens are re-run on use.
+    The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats), the store in fixed
+    ``exact_tokens`` slots per layer and kv head (keys, values, scores, stream indices), and the
+    pending and recent ids in fixed segment_len slots, so its size does not depend on the book's
+    length (a state whose memory is still empty, a book shorter than one segment, is smaller).
+    Pending tokens are re-run on use.
     """
     seg = state.segment_len
     pending = torch.zeros(seg, dtype=torch.long)
     pending[: len(state.pending)] = state.pending
     recent = torch.zeros(seg, dtype=torch.long)
     recent[: len(state.recent)] = state.recent
-    counts = torch.tensor([len(state.pending), state.n_read, len(state.recent)])
+    stores = state.memory.store if state.memory is not None else ()
+    held, seen = (stores[0].size, stores[0].seen) if stores else (0, 0)
+    counts = torch.tensor([len(state.pending), state.n_read, len(state.recent), held, seen])
     tensors = {"pending": pending, "recent": recent, "counts": counts}
     if state.memory is not None:
         for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
             tensors[f"M.{i}"] = M.detach().cpu().contiguous()
             tensors[f"z.{i}"] = z.detach().cpu().contiguous()
+    for i, st in enumerate(stores):
+        for name, t in zip(("k", "v", "score", "pos"), (st.k, st.v, st.score, st.pos), strict=True):
+            slots = torch.zeros(*t.shape[:2], state.exact_tokens, *t.shape[3:], dtype=t.dtype)
+            slots[:, :, :held] = t.detach().cpu()
+            tensors[f"store.{name}.{i}"] = slots
     meta = {
         "format": STATE_FORMAT,
         "segment_len": str(seg),
         "update": state.update,
         "model": state.model_name,
         "variant": state.variant,
+        "exact_tokens": str(state.exact_tokens),
+        "exact_score": state.exact_score,
+        "exact_positions": state.exact_positions,
+        "exact_sinks": str(state.exact_sinks),
     }
     save_file(tensors, str(path), metadata=meta)
 
@@ -292,16 +347,26 @@ def load_state(path: str | Path) -> ReaderState:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        if meta.get("format") != STATE_FORMAT:
+        if meta.get("format") not in (STATE_FORMAT, *_OLD_FORMATS):
             raise CheckpointError(f"{path} is not an infsum state file: read the book again")
         n_layers = sum(1 for k in tensors if k.startswith("M."))
+        counts = [int(x) for x in tensors["counts"]]
+        n_pending, n_read, n_recent = counts[:3]
+        held, seen = counts[3:5] if len(counts) == 5 else (0, 0)  # format 1: no store
+        stores = tuple(
+            ExactStore(
+                *(tensors[f"store.{name}.{i}"][:, :, :held].clone() for name in ("k", "v", "score", "pos")),
+                seen,
+            )
+            for i in range(sum(1 for k in tensors if k.startswith("store.k.")))
+        )
         memory = None
-        if n_layers:
+        if n_layers or stores:
             memory = MemoryState(
                 tuple(tensors[f"M.{i}"] for i in range(n_layers)),
                 tuple(tensors[f"z.{i}"] for i in range(n_layers)),
+                stores,
             )
-        n_pending, n_read, n_recent = (int(x) for x in tensors["counts"])
         return ReaderState(
             memory,
             tensors["pending"][:n_pending].clone(),
@@ -311,6 +376,10 @@ def load_state(path: str | Path) -> ReaderState:
             meta.get("model", ""),
             tensors["recent"][:n_recent].clone(),
             meta.get("variant", "paper"),  # files saved before variants existed hold the paper's
+            int(meta.get("exact_tokens", "0")),  # format 1 files hold no store
+            meta.get("exact_score", "residual"),
+            meta.get("exact_positions", "fixed"),
+            int(meta.get("exact_sinks", "0")),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
