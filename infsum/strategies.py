@@ -294,12 +294,18 @@ def _hierarchical(job: Job) -> Draft:
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("infini", infini, True, True, "the whole book through the Infini memory"),
-        Strategy("lead", _lead, False, False, "the book's first words"),
-        Strategy("textrank", _textrank, False, False, "the most central sentences (TextRank)"),
-        Strategy("truncate-head", _truncate_head, True, False, "the model on the book's opening"),
-        Strategy("truncate-tail", _truncate_tail, True, False, "the model on the book's end"),
-        Strategy("hierarchical", _hierarchical, True, False, "the model on chunks, then on their summaries"),
+        Strategy("infini", infini, needs_model=True, memory=True, help="the whole book through the memory"),
+        Strategy("lead", _lead, needs_model=False, memory=False, help="the book's first words"),
+        Strategy("textrank", _textrank, needs_model=False, memory=False, help="the most central sentences"),
+        Strategy(
+            "truncate-head", _truncate_head, needs_model=True, memory=False, help="the model on the opening"
+        ),
+        Strategy(
+            "truncate-tail", _truncate_tail, needs_model=True, memory=False, help="the model on the end"
+        ),
+        Strategy(
+            "hierarchical", _hierarchical, needs_model=True, memory=False, help="chunk summaries, then theirs"
+        ),
     )
 }
 

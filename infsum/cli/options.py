@@ -111,7 +111,7 @@ Seed = Annotated[int | None, typer.Option(help="Random seed for sampling.")]
 Device = Annotated[Literal["auto", "cpu", "cuda", "mps"], typer.Option(help="Where the model runs.")]
 Strategy = Annotated[
     Literal[STRATEGY_CHOICES],
-    typer.Option(help="infini streams the whole book; the others are baselines (see README)."),
+    typer.Option(help="; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + " (see README)."),
 ]
 Adapter = Annotated[Path | None, typer.Option(help="Gate adapter file [default: the shipped one].")]
 NoAdapter = Annotated[bool, typer.Option("--no-adapter", help="Run without any gate adapter.")]
