@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def test_the_curriculum_moves_through_its_stages(tiny_model_dir: Path, tmp_path:
     cfg = _cfg(tmp_path, tiny_model_dir, steps=6, curriculum=((2, 2), (2, 3), (3, 4)))
     assert [segments_now(cfg, _Run(step=k)) for k in range(6)] == [(2, 2)] * 2 + [(2, 3)] * 2 + [(3, 4)] * 2
     timed = replace(cfg, max_seconds=10.0)  # time runs out before the steps do: the stages follow it
-    assert segments_now(timed, _Run(step=0, t0=__import__("time").perf_counter() - 7.0)) == (3, 4)
+    assert segments_now(timed, _Run(step=0, t0=time.perf_counter() - 7.0)) == (3, 4)
     assert segments_now(replace(cfg, curriculum=()), _Run(step=5)) == (2, 3)  # no curriculum: segments
     with pytest.raises(ConfigError, match=r"segments \(1, 2\) of 32 tokens cannot train"):
         train(replace(cfg, curriculum=((2, 2), (1, 2))))

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 
 from ..config import DEFAULT_SEGMENT_LEN, UPDATE_RULES, GenerationConfig, MemoryConfig, SummarizeConfig
-from ..readers import SUFFIXES
+from ..readers import formats
 from ..strategies import STRATEGIES
 from . import logs
 
@@ -44,11 +44,6 @@ def memory_variant(name: str) -> str:
         except ConfigError as e:
             raise typer.BadParameter(str(e)) from None
     return name
-
-
-def book_formats() -> str:
-    """The readable suffixes as prose: '.epub, .pdf, .txt or .md'."""
-    return ", ".join(SUFFIXES[:-1]) + " or " + SUFFIXES[-1]
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -83,7 +78,7 @@ def _quiet(value: bool) -> bool:
 
 # -- option types, each spelled once
 
-BookArg = Annotated[Path, typer.Argument(metavar="BOOK", help=f"The book: {book_formats()}.")]
+BookArg = Annotated[Path, typer.Argument(metavar="BOOK", help=f"The book: {formats()}.")]
 Words = Annotated[int, typer.Option(min=1, help="Target summary length in words.")]
 Model = Annotated[
     str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import BookNotFoundError, ConfigError, EmptyDocumentError, UnsupportedFormatError
 from ._book import Book, Chapter
 
-__all__ = ["Book", "Chapter", "load_book", "READERS", "SUFFIXES"]
+__all__ = ["Book", "Chapter", "load_book", "READERS", "SUFFIXES", "formats"]
 
 # suffix -> "module:function" of its reader, imported on first use (pypdf and ebooklib load slowly);
 # every reader takes the path (and the PDF reader a password) and returns a Book
@@ -31,10 +31,10 @@ SUFFIXES = tuple(READERS)
 PASSWORD_SUFFIXES = (".pdf",)  # the formats whose reader takes a password
 
 
-def formats_hint() -> str:
-    """The readable formats for messages and help texts: "an .epub, .pdf, .txt or .md file"."""
+def formats() -> str:
+    """The readable suffixes as prose, for messages and help texts: ".epub, .pdf, .txt or .md"."""
     *rest, last = SUFFIXES
-    return f"an {', '.join(rest)} or {last} file"
+    return f"{', '.join(rest)} or {last}"
 
 
 def load_book(path: str | Path, *, password: str | None = None) -> Book:
@@ -53,7 +53,7 @@ def load_book(path: str | Path, *, password: str | None = None) -> Book:
         raise ConfigError(f"{p}: a password only opens a PDF; leave out --password for this file")
     if suffix not in READERS:
         raise UnsupportedFormatError(
-            f"{p}: unsupported format {suffix or '(no suffix)'!r}; give {formats_hint()}"
+            f"{p}: unsupported format {suffix or '(no suffix)'!r}; give an {formats()} file"
         )
     module, _, function = READERS[suffix].partition(":")
     reader = getattr(import_module(f"{__name__}.{module}"), function)
