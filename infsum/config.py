@@ -18,6 +18,10 @@ EXACT_SCORES: tuple[ExactScore, ...] = ("residual", "attention")
 ExactPositions = Literal["before", "fixed"]
 # where stored keys sit in RoPE: in stream order just before the segment, or all at one position
 EXACT_POSITIONS: tuple[ExactPositions, ...] = ("before", "fixed")
+Dtype = Literal["auto", "float32", "bfloat16"]
+# the model's weight precision (infsum.models.resolve_dtype): auto = bfloat16 on CUDA and on CPUs
+# that compute it natively, float32 elsewhere; M and z stay float32 whatever is chosen
+DTYPES: tuple[Dtype, ...] = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class SummarizeConfig:
     # (decoded in one place: infsum.engine.adapter.resolve_adapter)
     adapter: str | Path | None = "default"
     device: str = "auto"  # auto, cpu, cuda, mps
+    # None: bfloat16 on CUDA, float32 elsewhere (today's rule, until bfloat16 on CPUs that compute
+    # it natively has passed the quality check); else one of DTYPES
+    dtype: Dtype | None = None
     strategy: str = "infini"
     words: int = 400  # target summary length in words
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -96,10 +103,12 @@ class SummarizeConfig:
     password: str | None = None  # for encrypted PDFs
 
     def __post_init__(self) -> None:
-        """Raise ConfigError for a summary length no strategy can write (the strategy's name is
-        checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
+        """Raise ConfigError for a summary length no strategy can write or an unknown dtype (the
+        strategy's name is checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}: use --dtype {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from infsum.config import DTYPES
 from infsum.errors import ConfigError, ModelLoadError
 from infsum.tokenizer import Tokenizer, first_line, load_tokenizer
 
@@ -70,6 +71,53 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
 
 
+# /proc/cpuinfo flags of x86 CPUs whose vector units multiply bfloat16 natively (Zen 4+, Cooper
+# Lake, Sapphire Rapids+); elsewhere torch emulates bfloat16 matrix products, far slower than float32
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively: ``flags`` (default: this CPU's,
+    from /proc/cpuinfo) holds ``avx512_bf16`` or ``amx_bf16``; without /proc/cpuinfo, torch's own
+    check of the same instructions where this torch has it."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is not None:
+        return bool(flags & NATIVE_BF16_FLAGS)
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(check() for check in (getattr(torch.cpu, n, None) for n in names) if check is not None)
+
+
+def resolve_dtype(
+    choice: str | torch.dtype | None, device: torch.device, *, flags: frozenset[str] | None = None
+) -> torch.dtype:
+    """The weights' dtype for ``choice`` on ``device``: a torch dtype as given; ``float32`` or
+    ``bfloat16``; ``auto``: bfloat16 on CUDA and on CPUs that compute it natively (``flags``, default
+    this CPU's, see ``cpu_has_native_bf16``), float32 elsewhere (MPS too); None: bfloat16 on CUDA,
+    float32 elsewhere (the default while bfloat16 on CPU awaits its quality check)."""
+    if isinstance(choice, torch.dtype):
+        return choice
+    if choice is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if choice not in DTYPES:
+        raise ConfigError(f"unknown dtype {choice!r}: use --dtype {', '.join(DTYPES)}")
+    if choice == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16(flags))
+        return torch.bfloat16 if native else torch.float32
+    return getattr(torch, choice)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A causal LM ready to run (eval mode, on ``device``) and its tokenizer."""
@@ -81,24 +129,29 @@ class LoadedModel:
     device: torch.device
     is_default: bool
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return next(self.model.parameters()).dtype
+
 
 def load_model(
     name: str | None = None,
     *,
     device: str | torch.device = "auto",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load ``name`` (default model, local directory, ``.gguf`` file or Hugging Face id) in eval mode.
 
-    ``dtype`` defaults to float32 on CPU and MPS, bfloat16 on CUDA. ``progress`` receives one-line
+    ``dtype``: a torch dtype, ``float32``, ``bfloat16`` or ``auto`` (see ``resolve_dtype``); None
+    (the default) is float32 on CPU and MPS, bfloat16 on CUDA. ``progress`` receives one-line
     messages while the model is fetched or converted.
     """
     dev = resolve_device(device)
     is_default = name is None or name == DEFAULT_MODEL
+    dtype = resolve_dtype(dtype, dev)
     path = locate_model(name, progress=progress)
-    if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if progress:
         progress(f"Loading {DEFAULT_MODEL if is_default else name}...")
     model = _from_pretrained(path, dtype=dtype).to(dev).eval()

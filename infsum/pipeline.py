@@ -60,6 +60,7 @@ class SummaryResult:
     infsum_version: str
     rouge: RougeScores | None = None
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
+    dtype: str | None = None  # the model weights' dtype ("float32", "bfloat16"); None without a model
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
 
@@ -189,6 +190,7 @@ class Summarizer:
             exact_tokens=self.cfg.memory.exact_tokens,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
+            dtype=str(loaded.dtype).removeprefix("torch.") if loaded else None,
             generation=generation if loaded else {},
             seconds={k: round(v, 3) for k, v in seconds.items()},
             tokens_per_s=round(draft.tokens / stream_s, 1) if stream_s else 0.0,
@@ -208,7 +210,10 @@ class Summarizer:
 
             report(Step("load", 0, 1, "loading model"))
             self._loaded = load_model(
-                self.cfg.model, device=self.cfg.device, progress=lambda msg: report(Step("load", 0, 1, msg))
+                self.cfg.model,
+                device=self.cfg.device,
+                dtype=self.cfg.dtype,
+                progress=lambda msg: report(Step("load", 0, 1, msg)),
             )
             report(Step("load", 1, 1))
         return self._loaded

@@ -22,7 +22,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from ..config import DEFAULT_SEGMENT_LEN, UPDATE_RULES, GenerationConfig, MemoryConfig, SummarizeConfig
+from ..config import (
+    DEFAULT_SEGMENT_LEN,
+    DTYPES,
+    UPDATE_RULES,
+    GenerationConfig,
+    MemoryConfig,
+    SummarizeConfig,
+)
 from ..readers import formats
 from ..strategies import STRATEGIES
 from . import logs
@@ -104,6 +111,14 @@ MemoryVariant = Annotated[
 Temperature = Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed for sampling.")]
 Device = Annotated[Literal["auto", "cpu", "cuda", "mps"], typer.Option(help="Where the model runs.")]
+Dtype = Annotated[
+    Literal[DTYPES] | None,
+    typer.Option(
+        show_default=False,
+        help="Weight precision; auto: bfloat16 on CUDA and on CPUs with native bfloat16 "
+        "(avx512_bf16, amx_bf16), else float32 [default: bfloat16 on CUDA, else float32].",
+    ),
+]
 Strategy = Annotated[
     Literal[STRATEGY_CHOICES],
     typer.Option(help="; ".join(f"{s.name}: {s.help}" for s in STRATEGIES.values()) + " (see README)."),
@@ -131,6 +146,7 @@ class RunOptions:
     temperature: Temperature = 0.0
     seed: Seed = None
     device: Device = "auto"
+    dtype: Dtype = None
     strategy: Strategy = "infini"
     adapter: Adapter = None
     no_adapter: NoAdapter = False
@@ -141,6 +157,7 @@ class RunOptions:
             model=self.model,
             adapter=None if self.no_adapter else (self.adapter or "default"),
             device=self.device,
+            dtype=self.dtype,
             strategy=self.strategy,
             words=self.words,
             memory=MemoryConfig(
@@ -166,6 +183,7 @@ MODEL_FIELDS = (
     "adapter",
     "no_adapter",
     "device",
+    "dtype",
 )
 
 

@@ -40,7 +40,7 @@ def passkey_command(
     from ..passkey import run_passkey
 
     cfg = run.config()
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     infini, adapter_path = ready(loaded, cfg.memory, cfg.adapter)
     tokenizer = loaded.tokenizer
     with Progress(console=Console(stderr=True), transient=True, disable=quiet) as bar:
