@@ -290,3 +290,78 @@ def test_a_state_from_another_memory_variant_is_refused(reader, tmp_path):
     with pytest.raises(CheckpointError, match="paper memory variant, this reader uses l2"):
         l2.generate(loaded, [1, 2, 3], GREEDY)
     assert len(l2.generate(l2.read(_ids(3 * SEG)), [1, 2, 3], GREEDY)) > 0  # its own state works
+
+
+class _PreviousSampler:
+    """The sampler as it was before the decode loop was trimmed (issue 14): a vocabulary-sized mask
+    of seen tokens and full-vocabulary passes for the repetition penalty."""
+
+    def __init__(self, gen: GenerationConfig, vocab: int) -> None:
+        self.gen = gen
+        self.seen = torch.zeros(vocab, dtype=torch.bool)
+        self.ngrams: dict[tuple[int, ...], set[int]] = {}
+        self.rng = None
+        if gen.temperature > 0:
+            self.rng = torch.Generator().manual_seed(gen.seed)
+
+    def choose(self, logits, out, banned=()):
+        gen, n = self.gen, self.gen.no_repeat_ngram
+        if out:
+            self.seen[out[-1]] = True
+            if n > 0 and len(out) >= n:
+                self.ngrams.setdefault(tuple(out[-n:-1]), set()).add(out[-1])
+        logits = logits.float()
+        if gen.repetition_penalty != 1.0:
+            p = gen.repetition_penalty
+            logits = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        if n > 0 and len(out) >= n - 1:
+            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
+            if repeats:
+                logits[list(repeats)] = float("-inf")
+        if banned:
+            logits[list(banned)] = float("-inf")
+        if self.rng is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / gen.temperature, dim=-1)
+        sorted_p, order = probs.sort(descending=True)
+        sorted_p[sorted_p.cumsum(-1) - sorted_p > gen.top_p] = 0.0
+        return int(order[torch.multinomial(sorted_p, 1, generator=self.rng)])
+
+
+class _PreviousReader(InfiniReader):
+    """InfiniReader with the decode loop as it was before issue 14 (a new step tensor per token)."""
+
+    def _decode_loop(self, local, memory, gen, stop, on_token, hide_from):
+        cache = self.model.new_cache(1)
+        cache.hide_from = hide_from
+        logits = self.model.decode(local[None], memory, cache)[0]
+        sampler, out = _PreviousSampler(gen, logits.shape[-1]), []
+        for _ in range(gen.max_new_tokens):
+            tok = sampler.choose(logits, out, banned=stop if len(out) < gen.min_new_tokens else ())
+            if tok in stop:
+                break
+            out.append(tok)
+            if cache.pos == cache.size:
+                memory = self.model.commit(memory, cache)
+            logits = self.model.decode(torch.tensor([[tok]]), memory, cache)[0]
+        return out
+
+
+@pytest.mark.parametrize(
+    "gen",
+    [
+        GenerationConfig(max_new_tokens=50, temperature=0.0, repetition_penalty=1.3, no_repeat_ngram=2),
+        GenerationConfig(max_new_tokens=50, temperature=0.0, repetition_penalty=0.8, no_repeat_ngram=3),
+        GenerationConfig(max_new_tokens=50, min_new_tokens=10, temperature=0.9, top_p=0.9, seed=3),
+    ],
+    ids=["penalty-bigrams", "boost-trigrams", "sampled"],
+)
+def test_the_trimmed_decode_loop_gives_the_previous_loops_tokens(reader, gen):
+    """Token for token the same as before issue 14, through a roll into memory (50 tokens > SEG)."""
+    previous = _PreviousReader(reader.model)
+    state, prompt = reader.read(_ids(40)), _ids(5, seed=11)
+    stop = set(previous.generate(state, prompt, replace(gen, min_new_tokens=0))[3:5])
+    for stop_ids in ((), stop):
+        want = previous.generate(state, prompt, gen, stop_ids)
+        assert reader.generate(state, prompt, gen, stop_ids) == want
+        assert len(want) >= 10 or stop_ids

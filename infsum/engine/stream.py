@@ -193,7 +193,8 @@ class InfiniReader:
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
-        sampler = _Sampler(gen, logits.shape[-1], self.device)
+        sampler = _Sampler(gen, self.device)
+        step = torch.empty((1, 1), dtype=torch.long, device=self.device)  # refilled with each token
         out: list[int] = []
         for _ in range(gen.max_new_tokens):
             tok = sampler.choose(logits, out, banned=stop if len(out) < gen.min_new_tokens else ())
@@ -204,8 +205,7 @@ class InfiniReader:
                 on_token(tok)
             if cache.pos == cache.size:  # the local segment is full: it becomes memory
                 memory = self.model.commit(memory, cache)
-            step = torch.tensor([[tok]], device=self.device)
-            logits = self.model.decode(step, memory, cache)[0]
+            logits = self.model.decode(step.fill_(tok), memory, cache)[0]
         return out
 
     def _check(self, state: ReaderState) -> ReaderState:
@@ -259,11 +259,17 @@ def _nothing(_h: Tensor, _cols: slice) -> None:
 
 
 class _Sampler:
-    """Picks the next token: repetition penalty, no-repeat n-grams, then greedy or top-p sampling."""
+    """Picks the next token: repetition penalty, no-repeat n-grams, then greedy or top-p sampling.
 
-    def __init__(self, gen: GenerationConfig, vocab: int, device: torch.device) -> None:
+    Per token it touches only the logits of the tokens generated so far (the penalty) and of the
+    banned ones, never a vocabulary-sized mask: the work is O(tokens generated), not O(vocabulary).
+    """
+
+    def __init__(self, gen: GenerationConfig, device: torch.device) -> None:
         self.gen = gen
-        self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)  # generated so far
+        self.seen: set[int] = set()  # generated so far
+        # the same ids as a tensor, in first-seen order, for one indexed update of their logits
+        self.seen_ids = torch.empty(gen.max_new_tokens, dtype=torch.long, device=device)
         self.ngrams: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
         self.rng = None
         if gen.temperature > 0:
@@ -272,16 +278,19 @@ class _Sampler:
 
     def choose(self, logits: Tensor, out: list[int], banned: Collection[int] = ()) -> int:
         """Next token id after the generated ``out`` given the last position's logits (V,); never one
-        of ``banned``."""
+        of ``banned``. ``logits`` may be changed in place."""
         gen, n = self.gen, self.gen.no_repeat_ngram
         if out:
-            self.seen[out[-1]] = True
+            if out[-1] not in self.seen:  # at most max_new_tokens ids: seen_ids holds them all
+                self.seen_ids[len(self.seen)] = out[-1]
+                self.seen.add(out[-1])
             if n > 0 and len(out) >= n:
                 self.ngrams.setdefault(tuple(out[-n:-1]), set()).add(out[-1])
-        logits = logits.float()
-        if gen.repetition_penalty != 1.0:  # CTRL-style: shrink the logits of repeated tokens
-            p = gen.repetition_penalty
-            logits = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        logits = logits.float()  # a no-op for float32 logits
+        if gen.repetition_penalty != 1.0 and self.seen:  # CTRL-style: shrink the logits of repeated tokens
+            p, ids = gen.repetition_penalty, self.seen_ids[: len(self.seen)]
+            old = logits[ids]
+            logits[ids] = torch.where(old > 0, old / p, old * p)
         if n > 0 and len(out) >= n - 1:
             repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
             if repeats:
