@@ -8,6 +8,15 @@ number) and its book is redone. One batch at a time owns an output folder: ``OUT
 is created atomically with the owner's process id, removed on exit, and taken over when that process
 no longer runs (a crash). A failed write (disk full, permissions) stops the batch with
 ``OutputError``: nothing half-written is left, and a rerun after the fix resumes.
+
+Several processes (``accelerate launch -m infsum batch ...``, torchrun, or any launcher that sets
+``RANK`` and ``WORLD_SIZE``) split the books by index: process r of w takes the books whose index in
+the sorted list is r modulo w. Each holds its own lock (``.infsum-batch.rank<r>-of-<w>.lock``) and
+appends to its own part (``results.rank<r>-of-<w>.jsonl``), so a rerun resumes every process; a book
+done by any earlier run (in ``results.jsonl`` or a part) is skipped. The process that finds, when it
+is done, a record of every book in the parts merges them into ``results.jsonl``: each book once, its
+latest record, in book order (the parts are then removed). No process waits for another, and no
+collective call is made: a process killed mid-way leaves its part, and the next run merges.
 """
 
 from __future__ import annotations
@@ -19,11 +28,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import SummarizeConfig
-from .errors import BookNotFoundError, InfsumError, OutputError
+from .errors import BookNotFoundError, ConfigError, InfsumError, OutputError
 from .pipeline import Summarizer, SummaryResult, rouge_from_dict
 from .progress import Progress, Step
 from .readers import SUFFIXES
@@ -33,6 +42,8 @@ RESULTS = "results.jsonl"
 LOCK = ".infsum-batch.lock"
 log = logging.getLogger("infsum")
 _REFERENCE = re.compile(r"\.ref\d*\.txt$", re.IGNORECASE)
+
+_PART = "results.rank{rank}-of-{world}.jsonl"  # one process's results in a sharded batch
 
 # summarizer(book path, reference texts, progress=...) -> SummaryResult
 BookSummarizer = Callable[..., SummaryResult]
@@ -65,6 +76,44 @@ class BatchReport:
         """Mean F1 per metric (with a bootstrap 95% CI from five books up); None when none is scored."""
         scored = [o.rouge for o in self.outcomes if o.rouge is not None]
         return summarize_scores(scored) if scored else None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a batch: the books whose index is ``rank`` modulo ``world``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0  # the process's index on its machine (its GPU)
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as accelerate launch and torchrun set them;
+        one process where they are unset. Raises ConfigError for values that make no shard."""
+        try:
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+            local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError:
+            raise ConfigError(
+                "RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers: unset them or launch with accelerate"
+            ) from None
+        if not 0 <= rank < world:
+            raise ConfigError(f"RANK {rank} is not below WORLD_SIZE {world}: unset them or fix the launcher")
+        return cls(rank, world, local)
+
+    @property
+    def lock_name(self) -> str:
+        """The lock file this process holds in the output folder."""
+        return LOCK if self.world == 1 else f".infsum-batch.rank{self.rank}-of-{self.world}.lock"
+
+    @property
+    def results_name(self) -> str:
+        """The results file this process appends to."""
+        return RESULTS if self.world == 1 else _PART.format(rank=self.rank, world=self.world)
+
+    def take(self, books: Sequence[Path]) -> list[tuple[int, Path]]:
+        """(index, book) of this process's books."""
+        return [(i, b) for i, b in enumerate(books) if i % self.world == self.rank]
 
 
 def find_books(directory: Path, out: Path) -> list[Path]:
@@ -126,8 +175,22 @@ def write_outputs(result: SummaryResult, md: Path, js: Path) -> None:
     write_atomic(md, result.markdown())
 
 
+def read_records(path: Path) -> list[dict]:
+    """The complete, undamaged records of a results file, in order, without changing it ([] when
+    it does not exist)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise OutputError(f"{path}: cannot read it ({e.strerror or e}); fix permissions, then rerun") from e
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    return [r for r in map(_parse, lines) if r is not None]
+
+
 class ResultsLog:
-    """``OUT/results.jsonl``: one JSON line per attempt, appended with flush and fsync."""
+    """``OUT/results.jsonl`` (or one process's part): one JSON line per attempt, appended with flush
+    and fsync."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -156,8 +219,7 @@ class ResultsLog:
 
     def done(self, book: str, files: Sequence[Path]) -> bool:
         """Whether ``book`` was summarized by an earlier run and its files are still there."""
-        record = self.last.get(book)
-        return bool(record and record["status"] == "ok" and all(f.is_file() for f in files))
+        return _done(self.last.get(book), files)
 
     def append(self, record: dict) -> None:
         """Append one record and make it durable before returning."""
@@ -191,10 +253,11 @@ def _parse(line: bytes) -> dict | None:
 
 
 class BatchLock:
-    """``OUT/.infsum-batch.lock``: one batch per output folder, recognisably stale after a crash."""
+    """``OUT/.infsum-batch.lock``: one batch per output folder (one process per shard of it, under
+    the shard's lock name), recognisably stale after a crash."""
 
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
+    def __init__(self, out: Path, name: str = LOCK) -> None:
+        self.path = out / name
 
     def __enter__(self) -> BatchLock:
         try:
@@ -253,16 +316,23 @@ def run_batch(
     refs_dir: str | Path | None = None,
     progress: Progress | None = None,
     summarizer: BookSummarizer | None = None,
+    shard: Shard | None = None,
 ) -> BatchReport:
     """Summarize every book under ``directory`` into ``out``, resuming an earlier run there.
 
     ``summarizer(path, references, progress=...)`` defaults to a ``Summarizer(cfg)`` that loads the
-    model once. A book that fails is recorded with its message and the batch goes on.
+    model once. A book that fails is recorded with its message and the batch goes on. ``shard``
+    (default: ``Shard.from_env()``) limits this process to its share of the books; the report holds
+    this process's books only.
     """
     directory, out = Path(directory), Path(out)
+    shard = shard or Shard.from_env()
     if not directory.is_dir():
         raise BookNotFoundError(f"{directory}: no such folder; give the folder that holds the books")
-    summarizer = summarizer or Summarizer(cfg or SummarizeConfig())
+    cfg = cfg or SummarizeConfig()
+    if shard.world > 1 and summarizer is None:
+        cfg = replace(cfg, device=_shard_device(cfg.device, shard))
+    summarizer = summarizer or Summarizer(cfg)
     report = progress or (lambda step: None)
     books = find_books(directory, out)
     if not books:
@@ -270,19 +340,61 @@ def run_batch(
             f"{directory}: no books found (looked for {', '.join(SUFFIXES)} files); check the folder"
         )
     outcomes = []
-    with BatchLock(out):
-        results = ResultsLog(out / RESULTS)
-        for i, book in enumerate(books):
+    mine = shard.take(books)
+    with BatchLock(out, shard.lock_name):
+        results = ResultsLog(out / shard.results_name)
+        earlier = _latest(read_records(out / RESULTS)) if shard.world > 1 else {}
+        for n, (_, book) in enumerate(mine):
             rel = book.relative_to(directory).as_posix()
             md, js = output_paths(book, directory, out, books)
-            if results.done(rel, (md, js)):
-                rouge = results.last[rel].get("rouge")
+            done = [r for r in (results.last.get(rel), earlier.get(rel)) if _done(r, (md, js))]
+            if done:
+                rouge = done[0].get("rouge")
                 outcomes.append(BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True))
                 continue
-            report(Step("book", i, len(books), rel))
+            report(Step("book", n, len(mine), rel))
             outcomes.append(_run_one(summarizer, book, rel, md, js, refs_dir, results, report))
-    report(Step("book", len(books), len(books)))
+    report(Step("book", len(mine), len(mine)))
+    if shard.world > 1:
+        merge_parts(out, [b.relative_to(directory).as_posix() for b in books], shard.world)
     return BatchReport(tuple(outcomes))
+
+
+def merge_parts(out: Path, books: Sequence[str], world: int) -> bool:
+    """Merge the parts of a ``world``-process batch into ``OUT/results.jsonl`` once every book of
+    ``books`` has a record there or in ``results.jsonl`` -> whether it merged. Each book appears
+    once, with its latest record (a part's over ``results.jsonl``'s), in the order of ``books``."""
+    parts = [out / _PART.format(rank=r, world=world) for r in range(world)]
+    latest = _latest(read_records(out / RESULTS))
+    for part in parts:
+        latest.update(_latest(read_records(part)))
+    if any(b not in latest for b in books):
+        return False  # another process still has books to do: the last one to finish merges
+    write_atomic(out / RESULTS, "".join(json.dumps(latest[b], ensure_ascii=False) + "\n" for b in books))
+    for part in parts:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+    return True
+
+
+def _latest(records: Sequence[dict]) -> dict[str, dict]:
+    """Book -> its last record."""
+    return {r["book"]: r for r in records}
+
+
+def _done(record: dict | None, files: Sequence[Path]) -> bool:
+    """Whether ``record`` says its book was summarized and the book's files are still there."""
+    return bool(record and record["status"] == "ok" and all(f.is_file() for f in files))
+
+
+def _shard_device(device: str, shard: Shard) -> str:
+    """One GPU per process on a machine: ``cuda:<local rank>`` where ``device`` would be CUDA."""
+    if device == "cuda" or device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{shard.local_rank % torch.cuda.device_count()}"
+    return device
 
 
 def _run_one(summarizer, book, rel, md, js, refs_dir, results, report) -> BookOutcome:
