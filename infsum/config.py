@@ -94,12 +94,19 @@ class SummarizeConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+    # infini: tokens of the book's most central passages placed in the final prompt (infsum.evidence)
+    evidence_tokens: int = 0
+    cast: int = 0  # infini: how many of the book's most mentioned names the final prompt gives
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a summary length no strategy can write (the strategy's name is
         checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        if self.evidence_tokens < 0 or self.cast < 0:
+            raise ConfigError(
+                f"--evidence-tokens {self.evidence_tokens} and --cast {self.cast} must be 0 (none) or more"
+            )
 
 
 @dataclass(frozen=True)

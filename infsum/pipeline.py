@@ -60,6 +60,8 @@ class SummaryResult:
     infsum_version: str
     rouge: RougeScores | None = None
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
+    evidence_tokens: int = 0  # infini: central passages in the final prompt, in tokens (0 = none)
+    cast: int = 0  # infini: most mentioned names given in the final prompt
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
 
@@ -160,6 +162,8 @@ class Summarizer:
             infini=infini,
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
+            evidence_tokens=self.cfg.evidence_tokens,
+            cast=self.cfg.cast,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -187,6 +191,8 @@ class Summarizer:
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
             exact_tokens=self.cfg.memory.exact_tokens,
+            evidence_tokens=self.cfg.evidence_tokens if strategy.memory else 0,
+            cast=self.cfg.cast if strategy.memory else 0,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             generation=generation if loaded else {},
