@@ -11,10 +11,11 @@ selection costs at most ``evidence_tokens`` tokens of the local segment, whateve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .extractive import central_sentences
+from .names import characters
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -41,6 +42,28 @@ def summary_ask(instruction: str, passages: Sequence[str] = (), cast: Sequence[s
         parts.append(CAST_LINE.format(names=_join_names(cast)))
     parts.append(instruction)
     return "\n\n".join(parts)
+
+
+def evidence_budget(evidence_tokens: int, segment_len: int) -> int:
+    """The evidence tokens a prompt gets: at most half a segment, so that the passages, the
+    instruction and the start of the answer share the local segment the answer is written in."""
+    return min(evidence_tokens, segment_len // 2)
+
+
+def book_ask(
+    tok: Tokenizer,
+    text: str,
+    chapters: Iterable[str],
+    instruction: str,
+    *,
+    evidence_tokens: int,
+    cast: int,
+) -> str:
+    """The ask that closes a book's user turn (the infini summary's, and training's summary
+    examples', so the two cannot drift apart): ``instruction`` after up to ``evidence_tokens`` tokens
+    of ``text``'s central passages and the ``cast`` names its ``chapters`` mention most."""
+    names = characters(chapters)[:cast] if cast else ()
+    return summary_ask(instruction, central_passages(text, tok, evidence_tokens), names)
 
 
 def _join_names(names: Sequence[str]) -> str:

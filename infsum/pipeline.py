@@ -87,6 +87,8 @@ class SummaryResult:
             how += f" ({'adapter ' + Path(self.adapter).name if self.adapter else 'no adapter'}, "
             how += f"{self.update} memory {'on' if self.memory else 'off'}"
             how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
+            if self.evidence_tokens or self.cast:
+                how += f", prompt: {self.evidence_tokens} tokens of central passages, {self.cast} names"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())

@@ -101,11 +101,10 @@ class Strategy:
 def infini(job: Job) -> Draft:
     """Stream the chat opening and the whole book through the memory, then generate the summary
     from the memory and the local segment: the end of the book, then the ask that closes the user
-    turn (``evidence.summary_ask``: the book's central passages and main characters as the job
+    turn (``evidence.book_ask``: the book's central passages and most mentioned names as the job
     asks, then the instruction)."""
     from .engine import InfiniReader, save_state
-    from .evidence import central_passages, summary_ask
-    from .names import characters
+    from .evidence import book_ask, evidence_budget
 
     if job.infini is None:
         raise ConfigError("strategy 'infini' reads through the memory: pass infini=engine.ready(...)")
@@ -123,10 +122,13 @@ def infini(job: Job) -> Draft:
     if job.state_path is not None:
         save_state(state, job.state_path)
     t0 = time.perf_counter()
-    ask = summary_ask(
+    ask = book_ask(
+        tok,
+        job.book.text,
+        (c.text for c in job.book.chapters),
         INSTRUCTION.format(words=job.words),
-        central_passages(job.book.text, tok, job.evidence_tokens),
-        characters(c.text for c in job.book.chapters)[: job.cast] if job.cast else (),
+        evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
+        cast=job.cast,
     )
     budget = max_new_tokens(job.words)
 

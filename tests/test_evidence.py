@@ -94,5 +94,7 @@ def test_extractive_strategies_record_no_evidence() -> None:
 
 
 def test_negative_evidence_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"--evidence-tokens -1 and --cast 0 must be 0 \(none\) or more"):
+    with pytest.raises(ConfigError, match=r"^--evidence-tokens -1 is negative: use 0 \(none\) or more$"):
         SummarizeConfig(evidence_tokens=-1)
+    with pytest.raises(ConfigError, match=r"^--cast -2 is negative"):
+        SummarizeConfig(cast=-2)
