@@ -1,0 +1,176 @@
+"""Where a summary comes from: the place in the book of each summary sentence, and their histogram
+by tenths of the book.
+
+The book is cut into passages of ``PASSAGE_WORDS`` whitespace-separated words, each starting half a
+passage after the one before, so that any sentence of up to half a passage lies whole in one of
+them. Every passage gets a TF-IDF vector (the terms of ``infsum.extractive``, Porter-stemmed, so
+"walked" meets "walks"; the IDF over the book's passages), computed once per book: ``PassageIndex``
+then places any number of summaries, each sentence (``infsum.sentences``) at the passage of highest
+cosine similarity. A sentence's position is the middle of that passage, as a share (0..1) of the
+book's words; a sentence whose best cosine is under ``MIN_SCORE`` matches nothing and is counted as
+unmatched, not placed. A summary written from the book's last pages shows it at once: its sentences
+pile up in the last tenth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .extractive import content_words, idf, tfidf
+from .sentences import split_sentences
+
+# words in a passage; passages start every PASSAGE_WORDS // 2 words. On the shared data's reference
+# summaries (10 novels, 25 SQuALITY stories) 200 words keep the references' sentences in the
+# book's order better than 100 (mean Spearman 0.72 against 0.65), with positions still finer than
+# a tenth of a 5,000-word story
+PASSAGE_WORDS = 200
+# the cosine under which a sentence is unmatched; on those references, 67% of their sentences
+# reach it in their own book and 7% in another book (0.08: 83% and 18%)
+MIN_SCORE = 0.1
+BINS = 10  # the histogram's bins: tenths of the book
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    from nltk.stem.porter import PorterStemmer  # what rouge-score stems with; a dependency of it
+
+    return PorterStemmer()
+
+
+@lru_cache(maxsize=2**16)
+def _stem(word: str) -> str:
+    return _stemmer().stem(word)
+
+
+def _terms(text: str) -> Counter[str]:
+    """Stemmed content words of ``text`` with their counts."""
+    return Counter(_stem(w) for w in content_words(text))
+
+
+def tenth(position: float) -> int:
+    """The histogram bin (0..9) of a position in 0..1; the end of the book (1.0) is in the last."""
+    return min(int(position * BINS), BINS - 1)
+
+
+@dataclass(frozen=True)
+class SentenceMatch:
+    """One summary sentence, the position (0..1 of the book's words) of the middle of its
+    best-matching passage, None when it is unmatched, and the cosine similarity with that passage."""
+
+    text: str
+    position: float | None
+    score: float
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Where a summary's sentences come from in the book.
+
+    ``histogram`` counts the matched sentences in each tenth of the book (counts, not shares: they
+    sum to ``matched``); ``unmatched`` sentences score under ``MIN_SCORE`` with every passage.
+    """
+
+    sentences: tuple[SentenceMatch, ...]
+    histogram: tuple[int, ...]
+
+    @property
+    def matched(self) -> int:
+        """Sentences placed in the book."""
+        return sum(self.histogram)
+
+    @property
+    def unmatched(self) -> int:
+        """Sentences that match no passage."""
+        return len(self.sentences) - self.matched
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """The histogram as shares of all the summary's sentences, unmatched ones included (so they
+        sum to the matched share); zeros for a summary without sentences."""
+        n = len(self.sentences)
+        return tuple(c / n if n else 0.0 for c in self.histogram)
+
+    @property
+    def last_tenth(self) -> float:
+        """The share of the summary's sentences matched in the book's last tenth."""
+        return self.shares[-1]
+
+    def to_dict(self) -> dict:
+        """``{sentences, matched, unmatched, histogram, shares, last_tenth, matches: [{position,
+        score}]}``, the matches in the summary's sentence order (position null: unmatched)."""
+        return {
+            "sentences": len(self.sentences),
+            "matched": self.matched,
+            "unmatched": self.unmatched,
+            "histogram": list(self.histogram),
+            "shares": [round(s, 4) for s in self.shares],
+            "last_tenth": round(self.last_tenth, 4),
+            "matches": [
+                {"position": None if m.position is None else round(m.position, 4), "score": round(m.score, 4)}
+                for m in self.sentences
+            ],
+        }
+
+
+class PassageIndex:
+    """A book's passages as TF-IDF vectors, built once, to place the sentences of any number of
+    summaries (``coverage``)."""
+
+    def __init__(self, book_text: str, *, passage_words: int = PASSAGE_WORDS, min_score: float = MIN_SCORE):
+        if passage_words < 2:
+            raise ValueError(f"passage_words must be at least 2, not {passage_words}")
+        self.min_score = min_score
+        words = book_text.split()
+        half = passage_words // 2
+        # half-passages are tokenised once; passage k is half-passages k and k + 1
+        halves = [_terms(" ".join(words[i : i + half])) for i in range(0, len(words), half)]
+        bags = [halves[k] + halves[k + 1] for k in range(len(halves) - 1)] or halves
+        span = 2 * half  # passage k: words k * half up to k * half + span (or the book's end)
+        self.positions = np.array(
+            [(k * half + min(span, len(words) - k * half) / 2) / len(words) for k in range(len(bags))]
+        )
+        self.idf = idf(bags)
+        self.unknown = math.log(len(bags) + 1)  # a term the book never uses weighs as the rarest
+        # the passage vectors by term (compressed sparse columns): term t's passages and weights are
+        # passages[starts[t]:starts[t + 1]] and weights[...]
+        vocab = {t: i for i, t in enumerate(self.idf)}
+        cols, rows, vals = [], [], []
+        for k, bag in enumerate(bags):
+            for t, v in tfidf(bag, self.idf).items():
+                cols.append(vocab[t])
+                rows.append(k)
+                vals.append(v)
+        order = np.argsort(np.array(cols, dtype=np.int64), kind="stable")
+        self._vocab = vocab
+        self._passages = np.array(rows, dtype=np.int64)[order]
+        self._weights = np.array(vals, dtype=np.float64)[order]
+        self._starts = np.searchsorted(np.array(cols, dtype=np.int64)[order], np.arange(len(vocab) + 1))
+
+    def match(self, sentence: str) -> SentenceMatch:
+        """``sentence`` placed at its best-matching passage (the first of equals), or unmatched."""
+        scores = np.zeros(len(self.positions))
+        for t, q in tfidf(_terms(sentence), self.idf, self.unknown).items():
+            if (i := self._vocab.get(t)) is not None:
+                lo, hi = self._starts[i], self._starts[i + 1]
+                scores[self._passages[lo:hi]] += q * self._weights[lo:hi]
+        best = int(np.argmax(scores)) if len(scores) else 0
+        score = float(scores[best]) if len(scores) else 0.0
+        position = float(self.positions[best]) if score >= self.min_score else None
+        return SentenceMatch(sentence, position, score)
+
+    def coverage(self, summary: str) -> Coverage:
+        """Each sentence of ``summary`` placed in the book, and the histogram by tenths."""
+        matches = tuple(self.match(s) for s in split_sentences(summary))
+        counts = Counter(tenth(m.position) for m in matches if m.position is not None)
+        return Coverage(matches, tuple(counts[b] for b in range(BINS)))
+
+
+def summary_coverage(summary: str, book_text: str) -> Coverage:
+    """Where the sentences of ``summary`` come from in ``book_text`` (one summary; for several
+    against the same book, build one ``PassageIndex``)."""
+    return PassageIndex(book_text).coverage(summary)
