@@ -192,3 +192,19 @@ def test_score_with_an_unreadable_book_format_is_one_line_and_exit_2(files: dict
     assert (
         result.stderr == f"error: {doc}: unsupported format '.docx'; give an .epub, .pdf, .txt or .md file\n"
     )
+
+
+def test_score_book_leaves_out_infsums_own_markdown_frame(files: dict[str, Path], tmp_path: Path) -> None:
+    # `infsum BOOK -o DIR` writes the Markdown: its heading and footer are no sentences of the summary
+    made = runner.invoke(
+        app, [str(files["book"]), "--strategy", "lead", "--words", "40", "-o", str(tmp_path)]
+    )
+    assert made.exit_code == 0, made.stderr
+    md = tmp_path / "book.summary.md"
+    assert md.read_text(encoding="utf-8").startswith("# Summary of book\n\n")
+    args = ["score", str(md), str(files["ref"]), "--book", str(files["book"]), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["unsupported_names"] == []  # not "Summary", from the heading
+    assert summary["coverage"]["sentences"] == 2 and summary["coverage"]["histogram"] == [2] + [0] * 9

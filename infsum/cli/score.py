@@ -22,7 +22,8 @@ def score_command(
         Path | None,
         typer.Option(
             help=f"The book summarized ({formats()}): adds where each text's sentences come from in it "
-            "(by tenths of the book) and the names the book never mentions."
+            "(by tenths of the book) and the names the book never mentions, leaving out the heading "
+            "and footer of infsum's own Markdown."
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
@@ -38,12 +39,14 @@ def score_command(
     if book is not None:
         from ..coverage import PassageIndex
         from ..names import unsupported_names
+        from ..pipeline import summary_body
         from ..readers import load_book
 
         b = load_book(book)
         index = PassageIndex(b.text)
         for path, text in [(summary, summary_text), *zip(refs, ref_texts, strict=True)]:
-            rows.append((path, index.coverage(text), unsupported_names(text, b.text)))
+            body = summary_body(text)  # infsum's heading and footer are no sentences of the summary
+            rows.append((path, index.coverage(body), unsupported_names(body, b.text)))
         grounding = [
             {"path": str(p), "coverage": c.to_dict(), "unsupported_names": n, "invented_names": len(n)}
             for p, c, n in rows
