@@ -30,8 +30,9 @@ def test_a_sentence_from_the_70_percent_point_lands_in_bin_7() -> None:
     index = PassageIndex(BOOK, passage_words=WORDS)
     cov = index.coverage(sentence(70))
     (match,) = cov.sentences
-    # it lies in halves 140 and 141 alike: the first, words 1400..1410
-    assert match.position == pytest.approx(1405 / 2000) and match.score == pytest.approx(1.0)
+    # it lies in halves 140 and 141 alike: the first, words 1400..1410; the passage lacks only the
+    # word pair across the halves' boundary
+    assert match.position == pytest.approx(1405 / 2000) and 0.95 < match.score < 1
     assert cov.histogram == (0, 0, 0, 0, 0, 0, 0, 1, 0, 0)
     assert index.match(sentence(3)).position == pytest.approx(65 / 2000)  # the middle of words 60..70
 
