@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,20 +129,31 @@ def _rank_sentences(sentences: list[str], candidates: list[int]) -> list[int]:
     return [candidates[k] for k in order]
 
 
-def textrank(text: str, words: int) -> str:
-    """Extractive summary of at most ``words`` words: the highest-PageRank sentences of a TF-IDF
-    cosine graph (damping 0.85), in document order. Sentences that would overflow the budget are
-    skipped in favour of the next-ranked ones that fit."""
+def central_sentences(
+    text: str, budget: int, *, length: Callable[[str], int] = lambda s: len(s.split())
+) -> list[str] | None:
+    """The highest-PageRank sentences of ``text`` (TF-IDF cosine graph, damping 0.85) whose
+    ``length`` (words by default; any cost, such as tokens) sums to at most ``budget``, in document
+    order. Sentences that would overflow the budget are skipped in favour of the next-ranked ones
+    that fit. Sentences under ``MIN_SENTENCE_WORDS`` words are never picked: None when the text has
+    no longer one (a budget too small for any sentence gives [])."""
     sentences = split_sentences(text)
-    lengths = [len(s.split()) for s in sentences]
-    candidates = [i for i, k in enumerate(lengths) if k >= MIN_SENTENCE_WORDS]
+    candidates = [i for i, s in enumerate(sentences) if len(s.split()) >= MIN_SENTENCE_WORDS]
     if not candidates:
-        return lead(text, words)
+        return None
     chosen, used = [], 0
     for i in _rank_sentences(sentences, candidates):
-        if used + lengths[i] <= words:
+        cost = length(sentences[i])
+        if used + cost <= budget:
             chosen.append(i)
-            used += lengths[i]
-        if words - used < MIN_SENTENCE_WORDS:
+            used += cost
+        if budget - used < MIN_SENTENCE_WORDS:
             break
-    return " ".join(sentences[i] for i in sorted(chosen))
+    return [sentences[i] for i in sorted(chosen)]
+
+
+def textrank(text: str, words: int) -> str:
+    """Extractive summary of at most ``words`` words: ``central_sentences`` joined by spaces (the
+    lead when no sentence is long enough to pick)."""
+    chosen = central_sentences(text, words)
+    return lead(text, words) if chosen is None else " ".join(chosen)

@@ -61,6 +61,8 @@ class SummaryResult:
     infsum_version: str
     rouge: RougeScores | None = None
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
+    evidence_tokens: int = 0  # infini: central passages in the final prompt, in tokens (0 = none)
+    cast: int = 0  # infini: most mentioned names given in the final prompt
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
 
@@ -86,6 +88,8 @@ class SummaryResult:
             how += f" ({'adapter ' + Path(self.adapter).name if self.adapter else 'no adapter'}, "
             how += f"{self.update} memory {'on' if self.memory else 'off'}"
             how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
+            if self.evidence_tokens or self.cast:
+                how += f", prompt: {self.evidence_tokens} tokens of central passages, {self.cast} names"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
@@ -170,6 +174,8 @@ class Summarizer:
             infini=infini,
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
+            evidence_tokens=self.cfg.evidence_tokens,
+            cast=self.cfg.cast,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -197,6 +203,8 @@ class Summarizer:
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
             exact_tokens=self.cfg.memory.exact_tokens,
+            evidence_tokens=self.cfg.evidence_tokens if strategy.memory else 0,
+            cast=self.cfg.cast if strategy.memory else 0,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             generation=generation if loaded else {},
