@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 log = logging.getLogger("infsum")
+_HEADING, _FOOTER = "# Summary of ", "\n\n---\n*infsum "  # the frame of SummaryResult.markdown
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,18 @@ class SummaryResult:
         if self.unsupported_names:
             notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
-            f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n"
-            f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
+            f"{_HEADING}{name}{by}\n\n{self.summary.strip()}{_FOOTER}"
+            f"{self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
+
+
+def summary_body(text: str) -> str:
+    """The summary inside infsum's own Markdown (``SummaryResult.markdown``): ``text`` without its
+    ``# Summary of`` heading and its footer; any other text as it is."""
+    if not text.startswith(_HEADING):
+        return text
+    body = text.partition("\n\n")[2]
+    return body.rpartition(_FOOTER)[0] or body
 
 
 def rouge_from_dict(d: dict) -> RougeScores:
