@@ -23,7 +23,7 @@ from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
-from .prompt import trim_to_sentence
+from .prompt import trim_to_sentence, trim_to_words
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
@@ -180,8 +180,11 @@ class Summarizer:
         t0 = time.perf_counter()
         draft = strategy.run(job)
         seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
-        # a model writes until its token budget: a last sentence cut off mid-way is dropped
-        summary = trim_to_sentence(draft.summary) if strategy.needs_model else draft.summary
+        # a model writes until its token budget: a last sentence cut off mid-way is dropped, and
+        # the summary is held to the words asked for (at a sentence end)
+        summary = draft.summary
+        if strategy.needs_model:
+            summary = trim_to_words(trim_to_sentence(summary), self.cfg.words)
         invented = unsupported_names(summary, book.text)
         if invented:
             log.warning(

@@ -19,7 +19,7 @@ from infsum.evidence import central_passages
 from infsum.models import load_model
 from infsum.passkey import ANSWER_PREFIX, ANSWER_SLACK, QUESTION, FillerSource, make_sample
 from infsum.pipeline import summarize
-from infsum.prompt import INSTRUCTION, chat_prompt, trim_to_sentence
+from infsum.prompt import INSTRUCTION, chat_prompt, trim_to_sentence, trim_to_words
 from infsum.readers import Book, Chapter
 from infsum.sentences import sentence_ends, split_sentences
 from infsum.strategies import WindowSummarizer
@@ -129,3 +129,27 @@ def test_trimming_and_splitting_share_one_sentence_rule() -> None:
     # a lower-case word after the mark continues the sentence: nothing was cut off
     assert split_sentences("The ship came. it sank and") == ["The ship came. it sank and"]
     assert trim_to_sentence("The ship came. it sank and") == "The ship came. it sank and"
+
+
+def test_trim_to_words_cuts_at_a_sentence_end_within_the_budget() -> None:
+    text = "The story is as follows:\n1. The story begins with Adam. He lives.\n\n2. Then Eve comes to it."
+    assert trim_to_words(text, 20) == text  # within the budget: unchanged
+    assert trim_to_words(text, 12) == "The story is as follows:\n1. The story begins with Adam."
+    assert trim_to_words(text, 14) == "The story is as follows:\n1. The story begins with Adam. He lives."
+    assert trim_to_words(text, 3) == "The story is as follows:"  # the first sentence, its list marker dropped
+    assert trim_to_words("no sentence end at all here", 2) == "no sentence end at all here"
+
+
+def test_pipeline_holds_a_model_summary_to_the_words_asked(
+    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace as copy
+
+    from infsum.strategies import STRATEGIES, Draft
+
+    written = "One two three. Four five six. Seven eight nine ten"
+    monkeypatch.setitem(STRATEGIES, "infini", copy(STRATEGIES["infini"], run=lambda job: Draft(written)))
+    book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=4, memory=MemoryConfig(segment_len=64))
+    assert summarize(book, cfg, model=loaded).summary == "One two three."
+    assert summarize(book, copy(cfg, words=7), model=loaded).summary == "One two three. Four five six."
