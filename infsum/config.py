@@ -101,12 +101,18 @@ class SummarizeConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+    # infini: tokens of the book's most central passages placed in the final prompt (infsum.evidence)
+    evidence_tokens: int = 1024  # (docs/grounding.md: the default beat TextRank with it)
+    cast: int = 5  # infini: how many of the book's most mentioned names the final prompt gives
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a summary length no strategy can write or an unknown dtype (the
         strategy's name is checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        for option, value in (("--evidence-tokens", self.evidence_tokens), ("--cast", self.cast)):
+            if value < 0:
+                raise ConfigError(f"{option} {value} is negative: use 0 (none) or more")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: use --dtype {', '.join(DTYPES)}")
 
@@ -141,6 +147,10 @@ class TrainConfig:
     corpus: tuple[Path, ...] = ()  # text files or directories of *.txt.gz books (LM and passkey filler)
     exclude: tuple[str, ...] = ()  # corpus file names held out (e.g. for the perplexity check)
     summaries: tuple[Path, ...] = ()  # jsonl (or .jsonl.gz): {document, summary} or SQuALITY records
+    # summary examples carry the prompt of ``infsum BOOK``: SummarizeConfig's evidence and names
+    # (infsum.evidence; the evidence capped at half a segment there as here)
+    evidence_tokens: int = 1024
+    cast: int = 5
     passkey_anywhere: bool = False  # keys at any depth, the local segment too (else before the last one)
     init_adapter: Path | None = None  # start from this adapter's gates and LoRA (same settings)
     warmup: int = 10

@@ -23,7 +23,7 @@ from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
-from .prompt import trim_to_sentence
+from .prompt import trim_to_sentence, trim_to_words
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 log = logging.getLogger("infsum")
+_HEADING, _FOOTER = "# Summary of ", "\n\n---\n*infsum "  # the frame of SummaryResult.markdown
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class SummaryResult:
     infsum_version: str
     rouge: RougeScores | None = None
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
+    evidence_tokens: int = 0  # infini: central passages in the final prompt, in tokens (0 = none)
+    cast: int = 0  # infini: most mentioned names given in the final prompt
     dtype: str | None = None  # the model weights' dtype ("float32", "bfloat16"); None without a model
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
@@ -86,6 +89,8 @@ class SummaryResult:
             how += f" ({'adapter ' + Path(self.adapter).name if self.adapter else 'no adapter'}, "
             how += f"{self.update} memory {'on' if self.memory else 'off'}"
             how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
+            if self.evidence_tokens or self.cast:
+                how += f", prompt: {self.evidence_tokens} tokens of central passages, {self.cast} names"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
@@ -95,9 +100,18 @@ class SummaryResult:
         if self.unsupported_names:
             notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
-            f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n"
-            f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
+            f"{_HEADING}{name}{by}\n\n{self.summary.strip()}{_FOOTER}"
+            f"{self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
+
+
+def summary_body(text: str) -> str:
+    """The summary inside infsum's own Markdown (``SummaryResult.markdown``): ``text`` without its
+    ``# Summary of`` heading and its footer; any other text as it is."""
+    if not text.startswith(_HEADING):
+        return text
+    body = text.partition("\n\n")[2]
+    return body.rpartition(_FOOTER)[0] or body
 
 
 def rouge_from_dict(d: dict) -> RougeScores:
@@ -161,12 +175,17 @@ class Summarizer:
             infini=infini,
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
+            evidence_tokens=self.cfg.evidence_tokens,
+            cast=self.cfg.cast,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
         seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
-        # a model writes until its token budget: a last sentence cut off mid-way is dropped
-        summary = trim_to_sentence(draft.summary) if strategy.needs_model else draft.summary
+        # a model writes until its token budget: a last sentence cut off mid-way is dropped, and
+        # the summary is held to the words asked for (at a sentence end)
+        summary = draft.summary
+        if strategy.needs_model:
+            summary = trim_to_words(trim_to_sentence(summary), self.cfg.words)
         invented = unsupported_names(summary, book.text)
         if invented:
             log.warning(
@@ -188,6 +207,8 @@ class Summarizer:
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
             exact_tokens=self.cfg.memory.exact_tokens,
+            evidence_tokens=self.cfg.evidence_tokens if strategy.memory else 0,
+            cast=self.cfg.cast if strategy.memory else 0,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             dtype=str(loaded.dtype).removeprefix("torch.") if loaded else None,

@@ -11,6 +11,7 @@ and the book into memory and generate from the closing: training and inference c
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} wo
 TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
 MAX_NEW_TOKENS = 2048
 MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
+_LIST_MARK = re.compile(r"(?:^|\n)[ \t]*\d{1,3}[.)]$")  # a numbered list's next marker, left alone
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,16 @@ def trim_to_sentence(text: str) -> str:
     if ends and ends[-1] < len(text) and ends[-1] >= len(text) // 2:
         return text[: ends[-1]]
     return text
+
+
+def trim_to_words(text: str, words: int) -> str:
+    """At most ``words`` words of ``text``, cut at a sentence end: the model's pace varies (SmolLM2
+    writes about 1.3 tokens a word, the budget allows 1.6), so an answer asked for "about N words"
+    is held to N. A text within the budget is returned as it is; one whose first sentence is
+    already longer keeps that sentence. A numbered list's marker left at the end is dropped."""
+    if len(text.split()) <= words:
+        return text
+    ends = sentence_ends(text)
+    fit = [e for e in ends if len(text[:e].split()) <= words]
+    cut = fit[-1] if fit else (ends[0] if ends else len(text))
+    return _LIST_MARK.sub("", text[:cut]).rstrip()

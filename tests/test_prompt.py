@@ -15,10 +15,11 @@ import torch
 
 from infsum.config import GenerationConfig, MemoryConfig, SummarizeConfig, TrainConfig
 from infsum.engine.stream import InfiniReader
+from infsum.evidence import central_passages
 from infsum.models import load_model
 from infsum.passkey import ANSWER_PREFIX, ANSWER_SLACK, QUESTION, FillerSource, make_sample
 from infsum.pipeline import summarize
-from infsum.prompt import INSTRUCTION, chat_prompt, trim_to_sentence
+from infsum.prompt import INSTRUCTION, chat_prompt, trim_to_sentence, trim_to_words
 from infsum.readers import Book, Chapter
 from infsum.sentences import sentence_ends, split_sentences
 from infsum.strategies import WindowSummarizer
@@ -26,7 +27,10 @@ from infsum.training_data import IGNORE, DataMixture
 
 torch.set_num_threads(2)
 
-DOCUMENT = "The keeper counted ships every night.\n\nHe wrote their names in a book. " * 3
+DOCUMENT = (
+    "The keeper Osric counted every ship that passed the harbour at night.\n\n"
+    "He wrote each name in the book that Ida kept for him. "
+) * 3
 SUMMARY = " ".join(["A keeper counts ships."] * 25)  # 100 words: training asks for about 100
 
 
@@ -47,7 +51,15 @@ def test_training_summary_prompt_is_the_inference_prompt(
     loaded, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tok = loaded.tokenizer
-    want = hand_built(tok, tok.encode(DOCUMENT), "Summarize the plot of the book above in about 100 words.")
+    instruction = "Summarize the plot of the book above in about 100 words."
+    # the ask after the book: its central passages (half a 64-token segment), its names, the instruction
+    passages = central_passages(DOCUMENT, tok, 32)
+    assert passages and all(p in DOCUMENT for p in passages)
+    ask = (
+        "Key passages from the book, in reading order:\n" + "\n".join(passages) + "\n\n"
+        "The names the book mentions most: Osric and Ida.\n\n" + instruction
+    )
+    want = hand_built(tok, tok.encode(DOCUMENT), ask)
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"document": DOCUMENT, "summary": SUMMARY}) + "\n", encoding="utf-8")
@@ -72,14 +84,15 @@ def test_training_summary_prompt_is_the_inference_prompt(
     monkeypatch.setattr(InfiniReader, "read", spy_read)
     monkeypatch.setattr(InfiniReader, "generate", spy_generate)
     book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
-    cfg = SummarizeConfig(model=str(tiny_model_dir), words=100, memory=MemoryConfig(segment_len=32))
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=100, memory=MemoryConfig(segment_len=64))
     summarize(book, cfg, model=loaded)
     assert seen["streamed"] + seen["prompt"] == want
-    assert seen["prompt"] == list(chat_prompt(tok, INSTRUCTION.format(words=100)).closing)
+    assert seen["prompt"] == list(chat_prompt(tok, ask).closing)
 
-    # truncate-head on a document that fits its window sends the same turn
+    # truncate-head on a document that fits its window sends the same turn, with the instruction alone
     window = WindowSummarizer(loaded, GenerationConfig())
-    assert window.prompt_ids(tok.encode(DOCUMENT), INSTRUCTION.format(words=100)) == want
+    plain = hand_built(tok, tok.encode(DOCUMENT), instruction)
+    assert window.prompt_ids(tok.encode(DOCUMENT), INSTRUCTION.format(words=100)) == plain
 
 
 def test_passkey_and_window_prompts_are_laid_out_by_one_function(loaded) -> None:
@@ -116,3 +129,27 @@ def test_trimming_and_splitting_share_one_sentence_rule() -> None:
     # a lower-case word after the mark continues the sentence: nothing was cut off
     assert split_sentences("The ship came. it sank and") == ["The ship came. it sank and"]
     assert trim_to_sentence("The ship came. it sank and") == "The ship came. it sank and"
+
+
+def test_trim_to_words_cuts_at_a_sentence_end_within_the_budget() -> None:
+    text = "The story is as follows:\n1. The story begins with Adam. He lives.\n\n2. Then Eve comes to it."
+    assert trim_to_words(text, 20) == text  # within the budget: unchanged
+    assert trim_to_words(text, 12) == "The story is as follows:\n1. The story begins with Adam."
+    assert trim_to_words(text, 14) == "The story is as follows:\n1. The story begins with Adam. He lives."
+    assert trim_to_words(text, 3) == "The story is as follows:"  # the first sentence, its list marker dropped
+    assert trim_to_words("no sentence end at all here", 2) == "no sentence end at all here"
+
+
+def test_pipeline_holds_a_model_summary_to_the_words_asked(
+    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace as copy
+
+    from infsum.strategies import STRATEGIES, Draft
+
+    written = "One two three. Four five six. Seven eight nine ten"
+    monkeypatch.setitem(STRATEGIES, "infini", copy(STRATEGIES["infini"], run=lambda job: Draft(written)))
+    book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=4, memory=MemoryConfig(segment_len=64))
+    assert summarize(book, cfg, model=loaded).summary == "One two three."
+    assert summarize(book, copy(cfg, words=7), model=loaded).summary == "One two three. Four five six."
