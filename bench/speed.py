@@ -233,7 +233,8 @@ def main() -> None:
     p.add_argument(
         "--rounds", type=int, default=3, help="decode runs per loop, alternated; the median counts"
     )
-    p.add_argument("--previous", default="main", help="git revision of the previous decode loop ('' = none)")
+    # 370d185: the last revision before issue 14 trimmed the decode loop
+    p.add_argument("--previous", default="370d185", help="git revision of the previous loop ('' = none)")
     p.add_argument("--bf16-stream", action="store_true", help="stream in bfloat16 even without native bf16")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--state", default="", help=argparse.SUPPRESS)
