@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from infsum import limits
 from infsum.errors import ConfigError
 
 UpdateRule = Literal["delta", "linear"]
@@ -94,12 +95,25 @@ class SummarizeConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+    # the user's summary instruction in place of prompt.INSTRUCTION ({words} -> the budget); None:
+    # the built-in one. Only the model strategies take one (the pipeline checks the strategy)
+    instruction: str | None = None
 
     def __post_init__(self) -> None:
-        """Raise ConfigError for a summary length no strategy can write (the strategy's name is
-        checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
+        """Raise ConfigError for a summary length no strategy can write, or a blank or overlong
+        instruction (the strategy's name is checked by ``infsum.strategies.get_strategy``, which
+        holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        if self.instruction is not None:
+            if not self.instruction.strip():
+                raise ConfigError("the instruction is empty: give --instruction some words, or leave it out")
+            bound = limits.get("MAX_INSTRUCTION_CHARS")
+            if len(self.instruction) > bound:
+                raise ConfigError(
+                    f"the instruction has {len(self.instruction):,} characters, over {bound:,}: shorten it "
+                    f"or {limits.raise_hint('MAX_INSTRUCTION_CHARS', len(self.instruction))}"
+                )
 
 
 @dataclass(frozen=True)

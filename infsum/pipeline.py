@@ -23,7 +23,7 @@ from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
-from .prompt import trim_to_sentence
+from .prompt import summary_instruction, trim_to_sentence
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
@@ -62,6 +62,7 @@ class SummaryResult:
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
+    instruction: str | None = None  # what the model was asked (its {words} filled); None: no model
 
     @property
     def summary_words(self) -> int:
@@ -122,6 +123,13 @@ class Summarizer:
     """Summarizes books with ``cfg``; the model is loaded on first use and then reused."""
 
     def __init__(self, cfg: SummarizeConfig, *, model: LoadedModel | None = None) -> None:
+        strategy = get_strategy(cfg.strategy)
+        if cfg.instruction is not None and not strategy.needs_model:
+            models = ", ".join(s.name for s in STRATEGIES.values() if s.needs_model)
+            raise ConfigError(
+                f"strategy {strategy.name!r} picks sentences and takes no instruction: "
+                f"leave out --instruction, or use a model strategy ({models})"
+            )
         self.cfg = cfg
         self._loaded = model
         self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
@@ -160,6 +168,7 @@ class Summarizer:
             infini=infini,
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
+            instruction=self.cfg.instruction,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -197,6 +206,7 @@ class Summarizer:
             rouge=score(summary, references) if references else None,
             characters=tuple(characters(c.text for c in book.chapters)),
             unsupported_names=tuple(invented),
+            instruction=summary_instruction(self.cfg.words, self.cfg.instruction) if loaded else None,
         )
 
     # -- model and adapter

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
 from .sentences import sentence_ends
 
 if TYPE_CHECKING:
@@ -84,6 +86,28 @@ def chapter_at(starts: Sequence[tuple[int, str]], offset: int) -> str | None:
             break
         current = title
     return current
+
+
+def summary_instruction(words: int, instruction: str | None = None) -> str:
+    """The summary instruction for a ``words``-word summary: the user's ``instruction`` or the
+    built-in ``INSTRUCTION``, with every ``{words}`` in it replaced by ``words`` (other braces are
+    left as they are). Without ``{words}``, the budget still sets the answer's length in tokens."""
+    return (INSTRUCTION if instruction is None else instruction).replace("{words}", str(words))
+
+
+def load_instruction(path: str | Path) -> str:
+    """The instruction in a UTF-8 text file (``--instruction-file``), stripped; ConfigError naming
+    the file when it is missing, not UTF-8 text or empty (``SummarizeConfig`` checks its length)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: instruction file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the instruction ({e}); give a UTF-8 text file") from None
+    if not text:
+        raise ConfigError(f"{p}: the instruction file is empty; write the instruction in it")
+    return text
 
 
 def max_new_tokens(words: int) -> int:

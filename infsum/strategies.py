@@ -28,12 +28,12 @@ from .errors import ConfigError
 from .progress import Counter, Progress, Step, ignore
 from .prompt import (
     CHUNK_INSTRUCTION,
-    INSTRUCTION,
     book_tokens,
     chapter_at,
     chat_prompt,
     max_new_tokens,
     min_new_tokens,
+    summary_instruction,
 )
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and grou
 class Job:
     """What a strategy is given: the book, the summary's length, the decoding settings and, as the
     strategy declares, the loaded model and the ready Infini model (its memory configuration and
-    adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state."""
+    adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state;
+    ``instruction`` is the user's summary instruction (None: ``prompt.INSTRUCTION``)."""
 
     book: Book
     words: int
@@ -58,6 +59,12 @@ class Job:
     infini: Ready | None = None
     progress: Progress = ignore
     state_path: Path | None = None
+    instruction: str | None = None
+
+    @property
+    def summary_instruction(self) -> str:
+        """The instruction that asks the model for the summary, its ``{words}`` filled in."""
+        return summary_instruction(self.words, self.instruction)
 
     def model(self, name: str) -> LoadedModel:
         """The loaded model; ConfigError when the caller gave none."""
@@ -118,7 +125,7 @@ def infini(job: Job) -> Draft:
     budget = max_new_tokens(job.words)
     gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
     # the book (with the turn's opening) is in memory: the generation prompt closes the turn
-    prompt = list(chat_prompt(tok, INSTRUCTION.format(words=job.words)).closing)
+    prompt = list(chat_prompt(tok, job.summary_instruction).closing)
     out: list[int] = []
     t0 = time.perf_counter()
     reader.generate(
@@ -188,11 +195,17 @@ class WindowSummarizer:
 
 
 def truncate(
-    model: WindowSummarizer, text: str, words: int, *, tail: bool, progress: Counter | None = None
+    model: WindowSummarizer,
+    text: str,
+    words: int,
+    *,
+    tail: bool,
+    progress: Counter | None = None,
+    instruction: str | None = None,
 ) -> str:
     """Summary from as much of ``text`` as fits the context window: its first (head) or last
-    (tail) tokens. ``progress`` counts generated tokens."""
-    instruction = INSTRUCTION.format(words=words)
+    (tail) tokens. ``progress`` counts generated tokens; ``instruction`` replaces the built-in one."""
+    instruction = summary_instruction(words, instruction)
     ids = model.tok.encode(text)
     keep = model.budget(instruction, words)
     ids = ids[-keep:] if tail else ids[:keep]
@@ -207,11 +220,19 @@ def truncate(
     return model.summarize(ids, instruction, words, on_token)
 
 
-def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Counter | None = None) -> str:
+def hierarchical(
+    model: WindowSummarizer,
+    text: str,
+    words: int,
+    *,
+    progress: Counter | None = None,
+    instruction: str | None = None,
+) -> str:
     """Map-reduce summary: fixed chunks of ``CHUNK_TOKENS`` (fewer in a small window) summarized,
     then groups of those summaries summarized, until they fit the window beside the final prompt.
-    ``progress`` counts model calls (the total grows as levels are added)."""
-    final = INSTRUCTION.format(words=words)
+    ``progress`` counts model calls (the total grows as levels are added); ``instruction``
+    replaces the built-in one in the final call (the chunk summaries keep theirs)."""
+    final = summary_instruction(words, instruction)
     chunk_instruction = CHUNK_INSTRUCTION.format(words=CHUNK_SUMMARY_WORDS)
     fits = model.budget(final, words)
     size = min(CHUNK_TOKENS, model.budget(chunk_instruction, CHUNK_SUMMARY_WORDS))  # small windows
@@ -278,17 +299,38 @@ def _count_generated(job: Job) -> Counter:
 
 def _truncate_head(job: Job) -> Draft:
     model = _window(job, "truncate-head")
-    return Draft(truncate(model, job.book.text, job.words, tail=False, progress=_count_generated(job)))
+    return Draft(
+        truncate(
+            model,
+            job.book.text,
+            job.words,
+            tail=False,
+            progress=_count_generated(job),
+            instruction=job.instruction,
+        )
+    )
 
 
 def _truncate_tail(job: Job) -> Draft:
     model = _window(job, "truncate-tail")
-    return Draft(truncate(model, job.book.text, job.words, tail=True, progress=_count_generated(job)))
+    return Draft(
+        truncate(
+            model,
+            job.book.text,
+            job.words,
+            tail=True,
+            progress=_count_generated(job),
+            instruction=job.instruction,
+        )
+    )
 
 
 def _hierarchical(job: Job) -> Draft:
     model = _window(job, "hierarchical")
-    return Draft(hierarchical(model, job.book.text, job.words, progress=_count_generated(job)))
+    progress = _count_generated(job)
+    return Draft(
+        hierarchical(model, job.book.text, job.words, progress=progress, instruction=job.instruction)
+    )
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 
 from ..config import DEFAULT_SEGMENT_LEN, UPDATE_RULES, GenerationConfig, MemoryConfig, SummarizeConfig
+from ..errors import ConfigError
+from ..prompt import load_instruction
 from ..readers import formats
 from ..strategies import STRATEGIES
 from . import logs
@@ -37,7 +39,6 @@ def memory_variant(name: str) -> str:
     so only a name other than the default is checked here; the library checks every name again."""
     if name != DEFAULT_VARIANT:
         from ..engine.memory import get_variant
-        from ..errors import ConfigError
 
         try:
             get_variant(name)
@@ -110,6 +111,16 @@ Strategy = Annotated[
 ]
 Adapter = Annotated[Path | None, typer.Option(help="Gate adapter file [default: the shipped one].")]
 NoAdapter = Annotated[bool, typer.Option("--no-adapter", help="Run without any gate adapter.")]
+Instruction = Annotated[
+    str | None,
+    typer.Option(
+        metavar="TEXT",
+        help="Ask the model this instead of the built-in summary instruction; {words} becomes --words.",
+    ),
+]
+InstructionFile = Annotated[
+    Path | None, typer.Option(metavar="FILE", help="Read the instruction from a UTF-8 text file.")
+]
 Password = Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or messages on stderr.")
@@ -134,9 +145,17 @@ class RunOptions:
     strategy: Strategy = "infini"
     adapter: Adapter = None
     no_adapter: NoAdapter = False
+    instruction: Instruction = None
+    instruction_file: InstructionFile = None
 
     def config(self, *, password: str | None = None) -> SummarizeConfig:
-        """The ``SummarizeConfig`` these options ask for."""
+        """The ``SummarizeConfig`` these options ask for (reading ``--instruction-file``);
+        ConfigError for both instruction options at once."""
+        instruction = self.instruction
+        if self.instruction_file is not None:
+            if instruction is not None:
+                raise ConfigError("give --instruction or --instruction-file, not both")
+            instruction = load_instruction(self.instruction_file)
         return SummarizeConfig(
             model=self.model,
             adapter=None if self.no_adapter else (self.adapter or "default"),
@@ -152,6 +171,7 @@ class RunOptions:
             ),
             generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
             password=password,
+            instruction=instruction,
         )
 
 
