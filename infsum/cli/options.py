@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import click
 import typer
 
 from ..config import DEFAULT_SEGMENT_LEN, UPDATE_RULES, GenerationConfig, MemoryConfig, SummarizeConfig
 from ..errors import ConfigError
 from ..prompt import load_instruction
-from ..readers import formats
+from ..readers import FORMAT_NAMES, STDIN, Book, formats, read_stream
 from ..strategies import STRATEGIES
 from . import logs
 
@@ -77,9 +78,29 @@ def _quiet(value: bool) -> bool:
     return value
 
 
+def open_book(book: Path, input_format: str | None, password: str | None = None) -> Path | Book:
+    """BOOK as the library takes it: a path, or for ``-`` the book read from standard input in
+    ``--input-format`` (txt by default); ConfigError for ``--input-format`` with a file."""
+    if str(book) != STDIN:
+        if input_format is not None:
+            raise ConfigError(
+                f"{book}: --input-format is for a book on standard input (BOOK -); a file's suffix "
+                "gives its format"
+            )
+        return book
+    return read_stream(click.get_binary_stream("stdin"), input_format or "txt", password=password)
+
+
 # -- option types, each spelled once
 
-BookArg = Annotated[Path, typer.Argument(metavar="BOOK", help=f"The book: {formats()}.")]
+BookArg = Annotated[
+    Path, typer.Argument(metavar="BOOK", help=f"The book: {formats()}; - reads standard input.")
+]
+InputFormat = Annotated[
+    Literal[FORMAT_NAMES] | None,
+    typer.Option(help="Format of a book on standard input (BOOK -) [default: txt]."),
+]
+OutputFormat = Literal["md", "json", "txt"]
 Words = Annotated[int, typer.Option(min=1, help="Target summary length in words.")]
 Model = Annotated[
     str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from rich.console import Console
@@ -87,6 +88,14 @@ class ProgressView:
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(description, total=total, rate=rate)
         self.bar.update(self.tasks[key], description=description, completed=done, total=total, rate=rate)
+
+
+def document(result, fmt: str) -> str:
+    """A ``SummaryResult`` as stdout gets it: ``md`` (the Markdown file's text), ``json`` (the JSON
+    file's) or ``txt`` (the summary alone)."""
+    if fmt == "json":
+        return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+    return result.summary if fmt == "txt" else result.markdown()
 
 
 def plain(text: str) -> Text:
