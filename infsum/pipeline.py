@@ -77,6 +77,10 @@ class SummaryResult:
         out["rouge"] = self.rouge.to_dict() if self.rouge else None
         return out
 
+    def text(self) -> str:
+        """The summary alone (``--format txt``)."""
+        return self.summary
+
     def markdown(self) -> str:
         """``# Summary of <title>``, the summary, and a footer saying how it was made."""
         name = self.title or Path(self.input).stem
@@ -141,14 +145,22 @@ class Summarizer:
         *,
         progress: Progress | None = None,
         state_path: str | Path | None = None,
+        from_state: str | Path | None = None,
     ) -> SummaryResult:
         """Summarize one book (a path or a ``Book``); score it when reference texts are given;
-        save the memory state after reading to ``state_path`` when given."""
+        save the memory state after reading to ``state_path`` when given; with ``from_state`` (a
+        state file saved from this book, model and adapter) write from that memory instead of
+        streaming the book again (the book is still parsed: the names check and the record need it)."""
         report = progress or ignore
         strategy = get_strategy(self.cfg.strategy)
-        if state_path is not None and not strategy.memory:
-            readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
-            raise ConfigError(f"{state_path}: only the {readers} strategy has a memory state to save")
+        readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
+        for path in (state_path, from_state):
+            if path is not None and not strategy.memory:
+                raise ConfigError(f"{path}: only the {readers} strategy has a memory state to save or use")
+        if state_path is not None and from_state is not None:
+            raise ConfigError(
+                f"{from_state}: the summary is written from a saved state; leave out --save-state"
+            )
         t0 = time.perf_counter()
         if not isinstance(book, Book):
             report(Step("read", 0, 1))
@@ -160,6 +172,14 @@ class Summarizer:
             loaded = self.loaded(report)
             infini = self.infini(report) if strategy.memory else None
             seconds["load"] = time.perf_counter() - t0
+        state = None
+        if from_state is not None:
+            from .engine import check_identity, load_state
+
+            t0 = time.perf_counter()
+            state = load_state(from_state)
+            check_identity(state, from_state, model=loaded.name, adapter=infini.adapter, book=book)
+            seconds["state"] = time.perf_counter() - t0
         job = Job(
             book,
             self.cfg.words,
@@ -169,6 +189,7 @@ class Summarizer:
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
             instruction=self.cfg.instruction,
+            state=state,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -241,9 +262,11 @@ def summarize(
     progress: Progress | None = None,
     model: LoadedModel | None = None,
     state_path: str | Path | None = None,
+    from_state: str | Path | None = None,
 ) -> SummaryResult:
     """Summarize ``book`` (a path or a ``Book``) with ``cfg`` (defaults: the default model, about
     400 words); score against ``references`` (texts) when given. Pass ``model`` to reuse a loaded
-    one, ``state_path`` to save the memory state after reading."""
+    one, ``state_path`` to save the memory state after reading, ``from_state`` to write from a
+    state saved from this book instead of reading it again."""
     summarizer = Summarizer(cfg or SummarizeConfig(), model=model)
-    return summarizer(book, references, progress=progress, state_path=state_path)
+    return summarizer(book, references, progress=progress, state_path=state_path, from_state=from_state)

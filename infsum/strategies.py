@@ -37,7 +37,7 @@ from .prompt import (
 )
 
 if TYPE_CHECKING:
-    from .engine import Ready
+    from .engine import ReaderState, Ready
     from .models import LoadedModel
     from .readers import Book
 
@@ -50,7 +50,8 @@ class Job:
     """What a strategy is given: the book, the summary's length, the decoding settings and, as the
     strategy declares, the loaded model and the ready Infini model (its memory configuration and
     adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state;
-    ``instruction`` is the user's summary instruction (None: ``prompt.INSTRUCTION``)."""
+    ``instruction`` is the user's summary instruction (None: ``prompt.INSTRUCTION``); ``state``,
+    a memory state already read from this book (``infini`` then writes from it, reading nothing)."""
 
     book: Book
     words: int
@@ -60,6 +61,7 @@ class Job:
     progress: Progress = ignore
     state_path: Path | None = None
     instruction: str | None = None
+    state: ReaderState | None = None
 
     @property
     def summary_instruction(self) -> str:
@@ -105,7 +107,7 @@ class Strategy:
 def infini(job: Job) -> Draft:
     """Stream the chat opening and the whole book through the memory, then generate the summary
     from the memory and the local segment (the instruction closes the user turn)."""
-    from .engine import InfiniReader, save_state
+    from .engine import InfiniReader, identity, save_state
 
     if job.infini is None:
         raise ConfigError("strategy 'infini' reads through the memory: pass infini=engine.ready(...)")
@@ -118,10 +120,10 @@ def infini(job: Job) -> Draft:
         job.progress(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
 
     t0 = time.perf_counter()
-    state = reader.read(ids, progress=on_tokens)
+    state = reader.read(ids, progress=on_tokens) if job.state is None else job.state  # read once
     stream_s = time.perf_counter() - t0
     if job.state_path is not None:
-        save_state(state, job.state_path)
+        save_state(state, job.state_path, identity=identity(job.model("infini").name, adapter, job.book))
     budget = max_new_tokens(job.words)
     gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
     # the book (with the turn's opening) is in memory: the generation prompt closes the turn

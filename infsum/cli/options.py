@@ -91,6 +91,14 @@ def open_book(book: Path, input_format: str | None, password: str | None = None)
     return read_stream(click.get_binary_stream("stdin"), input_format or "txt", password=password)
 
 
+def output_format(fmt: str | None, json_alias: bool) -> str:
+    """The ``--format`` asked for (md by default; ``--json`` is json); ConfigError when ``--json``
+    and another ``--format`` are both given."""
+    if json_alias and fmt not in (None, "json"):
+        raise ConfigError(f"--json asks for --format json, not --format {fmt}: give one of them")
+    return fmt or ("json" if json_alias else "md")
+
+
 # -- option types, each spelled once
 
 BookArg = Annotated[
@@ -100,7 +108,11 @@ InputFormat = Annotated[
     Literal[FORMAT_NAMES] | None,
     typer.Option(help="Format of a book on standard input (BOOK -) [default: txt]."),
 ]
-OutputFormat = Literal["md", "json", "txt"]
+OutputFormat = Annotated[
+    Literal["md", "json", "txt"] | None,
+    typer.Option("--format", help="What stdout gets: md, json or txt (the text alone) [default: md]."),
+]
+JsonAlias = Annotated[bool, typer.Option("--json", help="The same as --format json.")]
 Words = Annotated[int, typer.Option(min=1, help="Target summary length in words.")]
 Model = Annotated[
     str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")
@@ -207,6 +219,22 @@ MODEL_FIELDS = (
     "adapter",
     "no_adapter",
     "device",
+)
+
+
+# ask: the model, memory and decoding options (its --words is its own: an answer is shorter)
+ASK_FIELDS = (
+    "model",
+    "segment_len",
+    "update",
+    "memory",
+    "memory_variant",
+    "exact_tokens",
+    "temperature",
+    "seed",
+    "device",
+    "adapter",
+    "no_adapter",
 )
 
 

@@ -72,6 +72,8 @@ class ProgressView:
             self._show("load", step.detail or "loading model", step.done, step.total)
         elif step.stage == "generate":
             self._show("generate", "writing summary", step.done, step.total)
+        elif step.stage == "answer":
+            self._show("answer", "answering", step.done, step.total)
         elif step.stage == "book":
             for stage in ("stream", "generate", "load"):  # a new book starts fresh bars
                 if stage in self.tasks:
@@ -91,11 +93,11 @@ class ProgressView:
 
 
 def document(result, fmt: str) -> str:
-    """A ``SummaryResult`` as stdout gets it: ``md`` (the Markdown file's text), ``json`` (the JSON
-    file's) or ``txt`` (the summary alone)."""
+    """A ``SummaryResult`` or ``AskResult`` as stdout gets it: ``md`` (the Markdown file's text),
+    ``json`` (the JSON file's) or ``txt`` (the summary, or the answers, alone)."""
     if fmt == "json":
         return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
-    return result.summary if fmt == "txt" else result.markdown()
+    return result.text() if fmt == "txt" else result.markdown()
 
 
 def plain(text: str) -> Text:

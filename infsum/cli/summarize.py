@@ -8,15 +8,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError
 from .options import (
     BookArg,
     InputFormat,
+    JsonAlias,
     OutputFormat,
     Password,
     Quiet,
     RunOptions,
     open_book,
+    output_format,
     run_options,
 )
 from .render import ProgressView, document, rouge_table
@@ -37,12 +38,13 @@ def summarize_command(
         Path | None,
         typer.Option("--out", "-o", help="Write <stem>.summary.md and .json here; - is standard output."),
     ] = None,
-    output_format: Annotated[
-        OutputFormat | None,
-        typer.Option("--format", help="What stdout gets: md, json or txt (the summary alone) [default: md]."),
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
+    fmt: OutputFormat = None,
+    json_out: JsonAlias = False,
     save_state: Annotated[Path | None, typer.Option(help="Save the memory state after reading.")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write from this saved state of BOOK instead of reading it again."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Summarize BOOK: stream it through the model and print a Markdown summary."""
@@ -50,14 +52,14 @@ def summarize_command(
     from ..pipeline import summarize
     from ..scoring import read_text_file
 
-    fmt = output_format or ("json" if json_out else "md")
-    if json_out and fmt != "json":
-        raise ConfigError(f"--json asks for --format json, not --format {fmt}: give one of them")
+    fmt = output_format(fmt, json_out)
     references = [read_text_file(r) for r in ref or ()]  # fail on a bad reference before the model runs
     cfg = run.config(password=password)
     source = open_book(book, input_format, password)
     with ProgressView(run.segment_len, quiet) as view:
-        result = summarize(source, cfg, references=references, progress=view, state_path=save_state)
+        result = summarize(
+            source, cfg, references=references, progress=view, state_path=save_state, from_state=state
+        )
     # the summary reaches stdout first: if the files below cannot be written, nothing is lost
     typer.echo(document(result, fmt))
     if out is not None and out != STDOUT:
