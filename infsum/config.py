@@ -98,6 +98,8 @@ class SummarizeConfig:
     # the user's summary instruction in place of prompt.INSTRUCTION ({words} -> the budget); None:
     # the built-in one. Only the model strategies take one (the pipeline checks the strategy)
     instruction: str | None = None
+    # infini: a note of about this many words on each chapter as the book streams; None: no notes
+    chapter_words: int | None = None
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a summary length no strategy can write, or a blank or overlong
@@ -105,6 +107,8 @@ class SummarizeConfig:
         holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        if self.chapter_words is not None and self.chapter_words < 1:
+            raise ConfigError(f"--chapter-words {self.chapter_words} is too small; give 1 or more")
         if self.instruction is not None:
             if not self.instruction.strip():
                 raise ConfigError("the instruction is empty: give --instruction some words, or leave it out")

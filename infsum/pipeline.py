@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, strategies
 from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
@@ -63,6 +63,9 @@ class SummaryResult:
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
     instruction: str | None = None  # what the model was asked (its {words} filled); None: no model
+    # --chapters: {title, words, tokens, note} per chapter (or per fixed span: chapter_notes_by "span")
+    chapters: tuple[dict, ...] = ()
+    chapter_notes_by: str | None = None  # "chapter", "span" (a book without chapters) or None
 
     @property
     def summary_words(self) -> int:
@@ -73,6 +76,7 @@ class SummaryResult:
         """The JSON record written to ``<stem>.summary.json`` and printed by ``infsum BOOK --json``."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "rouge"}
         out["characters"], out["unsupported_names"] = list(self.characters), list(self.unsupported_names)
+        out["chapters"] = [dict(c) for c in self.chapters]
         out["summary_words"] = self.summary_words
         out["rouge"] = self.rouge.to_dict() if self.rouge else None
         return out
@@ -99,9 +103,24 @@ class SummaryResult:
         if self.unsupported_names:
             notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
-            f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n"
+            f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n{self._chapter_sections()}"
             f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
+
+    def _chapter_sections(self) -> str:
+        """``## Chapter notes`` and a section per chapter (empty without notes)."""
+        if not self.chapters:
+            return ""
+        said = (
+            f"*The book has no chapters: one note per {strategies.NOTE_SPAN_TOKENS:,} tokens.*\n\n"
+            if self.chapter_notes_by == "span"
+            else ""
+        )
+        parts = "".join(
+            f"### {c['title']}\n\n{c['note'].strip()}\n\n*{c['words']:,} words, {c['tokens']:,} tokens.*\n\n"
+            for c in self.chapters
+        )
+        return f"## Chapter notes\n\n{said}{parts}"
 
 
 def rouge_from_dict(d: dict) -> RougeScores:
@@ -134,6 +153,11 @@ class Summarizer:
                 f"strategy {strategy.name!r} picks sentences and takes no instruction: "
                 f"leave out --instruction, or use a model strategy ({models})"
             )
+        if cfg.chapter_words is not None and strategy.name != "infini":
+            raise ConfigError(
+                f"--chapters writes notes as the book streams through the memory: strategy "
+                f"{strategy.name!r} does not stream it; use --strategy infini"
+            )
         self.cfg = cfg
         self._loaded = model
         self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
@@ -157,6 +181,10 @@ class Summarizer:
         for path in (state_path, from_state):
             if path is not None and not strategy.memory:
                 raise ConfigError(f"{path}: only the {readers} strategy has a memory state to save or use")
+        if from_state is not None and self.cfg.chapter_words is not None:
+            raise ConfigError(
+                f"{from_state}: chapter notes are written while the book streams; leave out --state"
+            )
         if state_path is not None and from_state is not None:
             raise ConfigError(
                 f"{from_state}: the summary is written from a saved state; leave out --save-state"
@@ -190,6 +218,7 @@ class Summarizer:
             state_path=Path(state_path) if state_path is not None else None,
             instruction=self.cfg.instruction,
             state=state,
+            chapter_words=self.cfg.chapter_words,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -228,6 +257,12 @@ class Summarizer:
             characters=tuple(characters(c.text for c in book.chapters)),
             unsupported_names=tuple(invented),
             instruction=summary_instruction(self.cfg.words, self.cfg.instruction) if loaded else None,
+            chapters=tuple(asdict(n) for n in draft.chapters),
+            chapter_notes_by=(
+                ("chapter" if sum(1 for c in book.chapters if c.text) > 1 else "span")
+                if draft.chapters
+                else None
+            ),
         )
 
     # -- model and adapter

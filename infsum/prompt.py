@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 INSTRUCTION = "Summarize the plot of the book above in about {words} words."
 CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
+CHAPTER_INSTRUCTION = (
+    "Write a short note, in about {words} words, on what happens in the part of the book just above."
+)
 TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
 MAX_NEW_TOKENS = 2048
 MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens

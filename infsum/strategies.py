@@ -27,6 +27,7 @@ from .config import GenerationConfig
 from .errors import ConfigError
 from .progress import Counter, Progress, Step, ignore
 from .prompt import (
+    CHAPTER_INSTRUCTION,
     CHUNK_INSTRUCTION,
     book_tokens,
     chapter_at,
@@ -34,15 +35,18 @@ from .prompt import (
     max_new_tokens,
     min_new_tokens,
     summary_instruction,
+    trim_to_sentence,
 )
 
 if TYPE_CHECKING:
-    from .engine import ReaderState, Ready
+    from .engine import InfiniReader, ReaderState, Ready
     from .models import LoadedModel
     from .readers import Book
+    from .tokenizer import Tokenizer
 
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
+NOTE_SPAN_TOKENS = 8192  # chapter notes: a book without chapters gets one note per this many tokens
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Job:
     state_path: Path | None = None
     instruction: str | None = None
     state: ReaderState | None = None
+    chapter_words: int | None = None  # infini: a note of this many words per chapter as it streams
 
     @property
     def summary_instruction(self) -> str:
@@ -86,6 +91,7 @@ class Draft:
     adapter: str | None = None
     generation: dict | None = None  # the decoding settings used, when they differ from the Job's
     seconds: dict[str, float] = field(default_factory=dict)  # stages timed inside (stream, generate)
+    chapters: tuple[ChapterNote, ...] = ()  # infini with chapter_words: the notes, in reading order
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,15 @@ def infini(job: Job) -> Draft:
         job.progress(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
 
     t0 = time.perf_counter()
-    state = reader.read(ids, progress=on_tokens) if job.state is None else job.state  # read once
-    stream_s = time.perf_counter() - t0
+    notes: tuple[ChapterNote, ...] = ()
+    notes_s = 0.0
+    if job.state is not None:  # read once: a saved state of this book
+        state = job.state
+    elif job.chapter_words is not None:
+        state, notes, notes_s = read_with_notes(job, reader, ids, starts, on_tokens)
+    else:
+        state = reader.read(ids, progress=on_tokens)
+    stream_s = time.perf_counter() - t0 - notes_s
     if job.state_path is not None:
         save_state(state, job.state_path, identity=identity(job.model("infini").name, adapter, job.book))
     budget = max_new_tokens(job.words)
@@ -143,8 +156,68 @@ def infini(job: Job) -> Draft:
         segments=math.ceil(len(ids) / model.cfg.segment_len),
         adapter=str(adapter) if adapter else None,
         generation=asdict(gen),
-        seconds={"stream": stream_s, "generate": time.perf_counter() - t0},
+        seconds={
+            "stream": stream_s,
+            **({"notes": notes_s} if notes else {}),
+            "generate": time.perf_counter() - t0,
+        },
+        chapters=notes,
     )
+
+
+@dataclass(frozen=True)
+class ChapterNote:
+    """A note on one chapter (or, in a book without chapters, one ``NOTE_SPAN_TOKENS`` span),
+    written as the book streamed: its title, words, tokens and the note."""
+
+    title: str
+    words: int
+    tokens: int
+    note: str
+
+
+def note_spans(
+    tok: Tokenizer, book: Book, ids: list[int], starts: list[tuple[int, str]]
+) -> list[tuple[str, int, int, int]]:
+    """(title, first token, end token, words) of each part a note is written on: the book's
+    chapters (the chat opening goes with the first), or, for a book with one chapter or none,
+    spans of ``NOTE_SPAN_TOKENS`` titled by their token range."""
+    if len(starts) > 1:
+        words = [c.words for c in book.chapters if c.text]
+        bounds = [0] + [start for start, _ in starts[1:]] + [len(ids)]
+        return [(title, bounds[i], bounds[i + 1], words[i]) for i, (_, title) in enumerate(starts)]
+    out = []
+    for a in range(0, len(ids), NOTE_SPAN_TOKENS):
+        b = min(a + NOTE_SPAN_TOKENS, len(ids))
+        out.append((f"Tokens {a + 1:,} to {b:,}", a, b, len(tok.decode(ids[a:b]).split())))
+    return out
+
+
+def read_with_notes(
+    job: Job, reader: InfiniReader, ids: list[int], starts: list[tuple[int, str]], on_tokens: Counter
+) -> tuple[ReaderState, tuple[ChapterNote, ...], float]:
+    """Read ``ids`` part by part (``note_spans``), writing a note of ``job.chapter_words`` words
+    after each from the memory of everything before and the part's end in local attention (the
+    note prompt closes the user turn, as the summary instruction does; generating leaves the state
+    as it was, so the notes change nothing in the summary) -> (state, notes, seconds writing them)."""
+    tok = job.model("infini").tokenizer
+    budget = max_new_tokens(job.chapter_words or 1)
+    gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
+    prompt = chat_prompt(tok, CHAPTER_INSTRUCTION.format(words=job.chapter_words)).closing
+    spans = note_spans(tok, job.book, ids, starts)
+    state, notes, seconds = None, [], 0.0
+    for i, (title, a, b, words) in enumerate(spans):
+        state = reader.read(ids[a:b], state, progress=lambda d, _n, a=a: on_tokens(a + d, len(ids)))
+        t0 = time.perf_counter()
+        job.progress(Step("notes", i, len(spans), title))
+        note = trim_to_sentence(
+            tok.decode(reader.generate(state, prompt, gen, tok.eos_ids), skip_special=True)
+        )
+        notes.append(ChapterNote(title, words, b - a, note))
+        seconds += time.perf_counter() - t0
+    job.progress(Step("notes", len(spans), len(spans)))
+    assert state is not None, "note_spans always gives a part: the chat opening at least"
+    return state, tuple(notes), seconds
 
 
 # ---------------------------------------------------------------- model baselines

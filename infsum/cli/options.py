@@ -181,7 +181,7 @@ class RunOptions:
     instruction: Instruction = None
     instruction_file: InstructionFile = None
 
-    def config(self, *, password: str | None = None) -> SummarizeConfig:
+    def config(self, *, password: str | None = None, chapter_words: int | None = None) -> SummarizeConfig:
         """The ``SummarizeConfig`` these options ask for (reading ``--instruction-file``);
         ConfigError for both instruction options at once."""
         instruction = self.instruction
@@ -205,6 +205,7 @@ class RunOptions:
             generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
             password=password,
             instruction=instruction,
+            chapter_words=chapter_words,
         )
 
 

@@ -72,6 +72,8 @@ class ProgressView:
             self._show("load", step.detail or "loading model", step.done, step.total)
         elif step.stage == "generate":
             self._show("generate", "writing summary", step.done, step.total)
+        elif step.stage == "notes":
+            self._show("notes", "writing chapter notes", step.done, step.total)
         elif step.stage == "answer":
             self._show("answer", "answering", step.done, step.total)
         elif step.stage == "book":
