@@ -15,7 +15,11 @@ pending pair (useful on a GPU, which one process of a small model leaves mostly 
 fails is reported and skipped; the exit code is then 1. At the end the run directory gets
 ``results.jsonl`` (every row), ``table.json`` and ``table.md``: per strategy the number of items,
 mean ROUGE-1/2/L/Lsum F1 and Overall (geometric mean of R-1, R-2, R-L per item) in percent with a
-bootstrap 95% interval, mean seconds, mean peak RSS and (on CUDA) mean peak GPU memory per item.
+bootstrap 95% interval, mean seconds, mean peak RSS and (on CUDA) mean peak GPU memory per item,
+the mean count of invented names per summary (names the book never mentions, ``infsum.names``) and
+where the summaries come from (``infsum.coverage``): the mean share of a summary's sentences
+matched in each tenth of its book, and in the last tenth alone. Item files stored before a row had
+the names or the coverage are completed from their stored summary and the book when tabulated.
 Seconds are wall time per pair, so with several workers they include waiting for the shared device.
 ``--plot`` draws Overall by strategy with its interval (needs matplotlib). ``--versus S`` adds a
 paired comparison with strategy S (``versus.json``): per strategy, over the items both have, the
@@ -43,6 +47,8 @@ from pathlib import Path
 import psutil
 
 from infsum.batch import write_atomic
+from infsum.coverage import BINS, PassageIndex
+from infsum.names import unsupported_names
 from infsum.pipeline import SummaryResult
 from infsum.readers import Book, load_book
 from infsum.scoring import METRICS, Rouge, RougeScores, bootstrap_ci, score, summarize_scores
@@ -245,6 +251,7 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
         "workers": workers,
         "scores": scores.to_dict(),
         "unsupported_names": list(result.unsupported_names),  # names the book never mentions
+        "coverage": PassageIndex(book.text).coverage(summary).to_dict(),  # where its sentences come from
         "summary": summary,
     }
 
@@ -335,12 +342,40 @@ def run(
                 report(*msg)
         for p in procs:
             p.join()
-    rows = []
+    rows, books = [], Books()
     for strategy, item in tasks(strategies, items):
         path = item_path(run_dir, strategy, item)
         if path.is_file():
-            rows.append(json.loads(path.read_text(encoding="utf-8")))
+            rows.append(complete(json.loads(path.read_text(encoding="utf-8")), item, books))
     return rows, failed
+
+
+class Books:
+    """Each item's book text and passage index, read on first need (for rows stored without the
+    invented names or the coverage)."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[str, PassageIndex]] = {}
+
+    def get(self, item: Item) -> tuple[str, PassageIndex]:
+        """``(book text, PassageIndex)`` of ``item``."""
+        if item.id not in self._read:
+            text = load_book(item.path).text
+            self._read[item.id] = text, PassageIndex(text)
+        return self._read[item.id]
+
+
+def complete(row: dict, item: Item, books: Books) -> dict:
+    """``row`` with ``unsupported_names`` and ``coverage`` computed from its stored summary and the
+    item's book where an older run did not store them (the item file itself is left as it is)."""
+    if "unsupported_names" in row and "coverage" in row:
+        return row
+    text, index = books.get(item)
+    return {
+        "unsupported_names": unsupported_names(row["summary"], text),
+        "coverage": index.coverage(row["summary"]).to_dict(),
+        **row,
+    }
 
 
 # ---------------------------------------------------------------- tables
@@ -354,7 +389,10 @@ def rouge_scores(d: dict) -> RougeScores:
 def table(rows: Sequence[dict]) -> list[dict]:
     """Per strategy (in first-seen order): n, mean F1 of each metric and Overall in percent with
     a bootstrap 95% interval (from 5 items up), mean seconds, peak RSS and peak GPU memory (None
-    off CUDA) per item, and the devices the rows were computed on."""
+    off CUDA) per item, the devices the rows were computed on, the mean count of invented names per
+    summary (``invented_names``), and where the summaries come from in the books: ``coverage``, the
+    mean share (percent) of a summary's sentences matched in each tenth of the book (unmatched ones
+    in no tenth), and ``last_tenth``, its last value (None for rows that have neither)."""
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == strategy]
@@ -369,8 +407,13 @@ def table(rows: Sequence[dict]) -> list[dict]:
         gpu = [r["peak_gpu_mb"] for r in mine if r.get("peak_gpu_mb") is not None]
         entry["peak_gpu_mb"] = round(sum(gpu) / len(gpu), 1) if gpu else None
         entry["devices"] = sorted({r.get("device") or "unrecorded" for r in mine})
-        named = [len(r["unsupported_names"]) for r in mine if "unsupported_names" in r]  # older runs lack it
+        named = [len(r["unsupported_names"]) for r in mine if "unsupported_names" in r]
         entry["invented_names"] = round(sum(named) / len(named), 2) if named else None
+        shares = [r["coverage"]["shares"] for r in mine if "coverage" in r]
+        tenths = (
+            [round(100 * sum(s[b] for s in shares) / len(shares), 1) for b in range(BINS)] if shares else None
+        )
+        entry["coverage"], entry["last_tenth"] = tenths, tenths[-1] if tenths else None
         out.append(entry)
     return out
 
@@ -378,18 +421,21 @@ def table(rows: Sequence[dict]) -> list[dict]:
 def table_markdown(entries: Sequence[dict]) -> str:
     """The table as Markdown (F1 in percent, one decimal)."""
     lines = [
-        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | invented names | s/item "
-        "| peak RSS MiB | peak GPU MiB | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | n | R-1 | R-2 | R-L | R-Lsum | Overall [95% CI] | invented names | last 10% "
+        "| sentences by tenth % | s/item | peak RSS MiB | peak GPU MiB | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         ci = e["overall_ci"]
         overall = f"{e['overall']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         gpu = "-" if e.get("peak_gpu_mb") is None else f"{e['peak_gpu_mb']:.0f}"
         names = "-" if e.get("invented_names") is None else f"{e['invented_names']:.2f}"
+        cov = e.get("coverage")
+        last, tenths = ("-", "-") if cov is None else (f"{cov[-1]:.1f}", " ".join(f"{c:.0f}" for c in cov))
         lines.append(
             f"| {e['strategy']} | {e['n']} | {e['rouge1']:.1f} | {e['rouge2']:.1f} | {e['rougeL']:.1f} "
-            f"| {e['rougeLsum']:.1f} | {overall} | {names} | {e['seconds']:.2f} | {e['peak_rss_mb']:.0f} "
+            f"| {e['rougeLsum']:.1f} | {overall} | {names} | {last} | {tenths} | {e['seconds']:.2f} "
+            f"| {e['peak_rss_mb']:.0f} "
             f"| {gpu} | {', '.join(e.get('devices', ['unrecorded']))} |"
         )
     return "\n".join(lines) + "\n"

@@ -100,6 +100,9 @@ class SummarizeConfig:
     instruction: str | None = None
     # infini: a note of about this many words on each chapter as the book streams; None: no notes
     chapter_words: int | None = None
+    # infini: tokens of the book's most central passages placed in the final prompt (infsum.evidence)
+    evidence_tokens: int = 1024  # (docs/grounding.md: the default beat TextRank with it)
+    cast: int = 5  # infini: how many of the book's most mentioned names the final prompt gives
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a summary length no strategy can write, or a blank or overlong
@@ -118,6 +121,9 @@ class SummarizeConfig:
                     f"the instruction has {len(self.instruction):,} characters, over {bound:,}: shorten it "
                     f"or {limits.raise_hint('MAX_INSTRUCTION_CHARS', len(self.instruction))}"
                 )
+        for option, value in (("--evidence-tokens", self.evidence_tokens), ("--cast", self.cast)):
+            if value < 0:
+                raise ConfigError(f"{option} {value} is negative: use 0 (none) or more")
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,10 @@ class TrainConfig:
     corpus: tuple[Path, ...] = ()  # text files or directories of *.txt.gz books (LM and passkey filler)
     exclude: tuple[str, ...] = ()  # corpus file names held out (e.g. for the perplexity check)
     summaries: tuple[Path, ...] = ()  # jsonl (or .jsonl.gz): {document, summary} or SQuALITY records
+    # summary examples carry the prompt of ``infsum BOOK``: SummarizeConfig's evidence and names
+    # (infsum.evidence; the evidence capped at half a segment there as here)
+    evidence_tokens: int = 1024
+    cast: int = 5
     passkey_anywhere: bool = False  # keys at any depth, the local segment too (else before the last one)
     init_adapter: Path | None = None  # start from this adapter's gates and LoRA (same settings)
     warmup: int = 10

@@ -1,7 +1,9 @@
 """Extractive summaries, which need no model: the book's first words (lead) and TextRank.
 
 Both are baselines for the Infini summary (``infsum.strategies`` registers them as ``lead`` and
-``textrank``); TextRank ranks the book's sentences by PageRank over their TF-IDF cosine graph.
+``textrank``); TextRank ranks the book's sentences by PageRank over their TF-IDF cosine graph. The
+TF-IDF pieces (``content_words``, ``idf``, ``tfidf``) also place a summary's sentences in the book
+(``infsum.coverage``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,20 +42,38 @@ MAX_GRAPH_SENTENCES = 2000  # the graph is dense (n x n): above this, pre-select
 MIN_SENTENCE_WORDS = 8  # shorter sentences (headings, dialogue tags, "Yes.") are never picked
 
 
-def _tfidf_postings(sentences: list[str]) -> tuple[list[dict[int, float]], int]:
-    """One sparse L2-normalised TF-IDF vector ``{term id: weight}`` per sentence, and the vocab size."""
-    bags = [Counter(w for w in _WORD.findall(s.lower()) if w not in _STOPWORDS) for s in sentences]
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that TF-IDF weighs, in order: lower-cased runs of letters and digits
+    (an inner apostrophe kept), stopwords left out."""
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+
+
+def idf(bags: Sequence[Mapping[str, int]]) -> dict[str, float]:
+    """Inverse document frequency ``log(n / df + 1)`` of every term of ``bags`` (``n`` documents),
+    in order of first appearance."""
     df: Counter[str] = Counter()
     for bag in bags:
         df.update(bag.keys())
-    vocab = {t: i for i, t in enumerate(df)}
-    n = len(sentences)
-    vectors = []
-    for bag in bags:
-        vec = {vocab[t]: (1 + math.log(c)) * math.log(n / df[t] + 1) for t, c in bag.items()}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        vectors.append({t: v / norm for t, v in vec.items()})
-    return vectors, len(vocab)
+    n = len(bags)
+    return {t: math.log(n / d + 1) for t, d in df.items()}
+
+
+def tfidf(
+    bag: Mapping[str, int], weights: Mapping[str, float], unknown: float | None = None
+) -> dict[str, float]:
+    """The L2-normalised TF-IDF vector ``{term: (1 + log tf) * idf}`` of ``bag``; a term missing from
+    ``weights`` gets ``unknown``, or is left out when that is None."""
+    vec = {t: (1 + math.log(c)) * w for t, c in bag.items() if (w := weights.get(t, unknown)) is not None}
+    norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+    return {t: v / norm for t, v in vec.items()}
+
+
+def _tfidf_postings(sentences: list[str]) -> tuple[list[dict[int, float]], int]:
+    """One sparse L2-normalised TF-IDF vector ``{term id: weight}`` per sentence, and the vocab size."""
+    bags = [Counter(content_words(s)) for s in sentences]
+    weights = idf(bags)
+    vocab = {t: i for i, t in enumerate(weights)}
+    return [{vocab[t]: v for t, v in tfidf(bag, weights).items()} for bag in bags], len(vocab)
 
 
 def _cosine_matrix(vectors: list[dict[int, float]]) -> np.ndarray:
@@ -108,20 +129,31 @@ def _rank_sentences(sentences: list[str], candidates: list[int]) -> list[int]:
     return [candidates[k] for k in order]
 
 
-def textrank(text: str, words: int) -> str:
-    """Extractive summary of at most ``words`` words: the highest-PageRank sentences of a TF-IDF
-    cosine graph (damping 0.85), in document order. Sentences that would overflow the budget are
-    skipped in favour of the next-ranked ones that fit."""
+def central_sentences(
+    text: str, budget: int, *, length: Callable[[str], int] = lambda s: len(s.split())
+) -> list[str] | None:
+    """The highest-PageRank sentences of ``text`` (TF-IDF cosine graph, damping 0.85) whose
+    ``length`` (words by default; any cost, such as tokens) sums to at most ``budget``, in document
+    order. Sentences that would overflow the budget are skipped in favour of the next-ranked ones
+    that fit. Sentences under ``MIN_SENTENCE_WORDS`` words are never picked: None when the text has
+    no longer one (a budget too small for any sentence gives [])."""
     sentences = split_sentences(text)
-    lengths = [len(s.split()) for s in sentences]
-    candidates = [i for i, k in enumerate(lengths) if k >= MIN_SENTENCE_WORDS]
+    candidates = [i for i, s in enumerate(sentences) if len(s.split()) >= MIN_SENTENCE_WORDS]
     if not candidates:
-        return lead(text, words)
+        return None
     chosen, used = [], 0
     for i in _rank_sentences(sentences, candidates):
-        if used + lengths[i] <= words:
+        cost = length(sentences[i])
+        if used + cost <= budget:
             chosen.append(i)
-            used += lengths[i]
-        if words - used < MIN_SENTENCE_WORDS:
+            used += cost
+        if budget - used < MIN_SENTENCE_WORDS:
             break
-    return " ".join(sentences[i] for i in sorted(chosen))
+    return [sentences[i] for i in sorted(chosen)]
+
+
+def textrank(text: str, words: int) -> str:
+    """Extractive summary of at most ``words`` words: ``central_sentences`` joined by spaces (the
+    lead when no sentence is long enough to pick)."""
+    chosen = central_sentences(text, words)
+    return lead(text, words) if chosen is None else " ".join(chosen)

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 # a capitalised word, with inner hyphens or apostrophes ("Mary-Daisy", "O'Brien"); possessive 's dropped
 _CAPITALISED = re.compile(r"\b[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*\b")
 _WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
+_JOINER = re.compile("[-']")
+_APOSTROPHES = str.maketrans("\u2019\u02bc", "''")  # typographic apostrophes read as ' ("Tr\u2019en")
 # a capitalised word here starts a sentence (or a quotation, or a line): it says nothing about a name
 _OPENER = "[\"'\u201c\u2018(]"  # a quotation mark or bracket that may open a sentence
 _SENTENCE_START = re.compile(rf"(?:^|[.!?:;]\s*{_OPENER}?|\n\s*{_OPENER}?|[\"\u201c\u2018]\s*)$")
@@ -83,10 +85,15 @@ def characters(chapters: Iterable[str], *, top: int = TOP, capacity: int = CAPAC
 def unsupported_names(summary: str, book_text: str) -> list[str]:
     """Proper names of ``summary`` (capitalised mid-sentence somewhere in it) that occur nowhere in
     ``book_text``, in any case, in order of first appearance: names the summary invented. A word
-    capitalised only where a sentence starts ("Meanwhile", "Overwhelmed") is not taken for a name."""
-    known = {w.lower() for w in _WORD.findall(book_text)}
+    capitalised only where a sentence starts ("Meanwhile", "Overwhelmed") is not taken for a name; a
+    name the book has only inside a longer word ("Jordan's", "Non-P") is one it mentions, and a
+    typographic apostrophe is the same as a straight one."""
+    known: set[str] = set()
+    for word in _WORD.findall(book_text.translate(_APOSTROPHES).lower()):
+        known.add(word)
+        known.update(_JOINER.split(word))  # "Jordan's", "Non-P": the book mentions Jordan and Non
     out: list[str] = []
-    for word in mid_sentence_names(summary):
+    for word in mid_sentence_names(summary.translate(_APOSTROPHES)):
         if word.lower() not in known and word not in out:
             out.append(word)
     return out

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 log = logging.getLogger("infsum")
+_HEADING, _FOOTER = "# Summary of ", "\n\n---\n*infsum "  # the frame of SummaryResult.markdown
+_NOTES = "\n\n## Chapter notes\n\n"  # what follows the summary there with --chapters
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class SummaryResult:
     infsum_version: str
     rouge: RougeScores | None = None
     exact_tokens: int = 0  # the exact-token store beside the memory (0 = none)
+    evidence_tokens: int = 0  # infini: central passages in the final prompt, in tokens (0 = none)
+    cast: int = 0  # infini: most mentioned names given in the final prompt
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
     instruction: str | None = None  # what the model was asked (its {words} filled); None: no model
@@ -94,6 +98,8 @@ class SummaryResult:
             how += f" ({'adapter ' + Path(self.adapter).name if self.adapter else 'no adapter'}, "
             how += f"{self.update} memory {'on' if self.memory else 'off'}"
             how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
+            if self.evidence_tokens or self.cast:
+                how += f", prompt: {self.evidence_tokens} tokens of central passages, {self.cast} names"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
@@ -103,12 +109,12 @@ class SummaryResult:
         if self.unsupported_names:
             notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
-            f"# Summary of {name}{by}\n\n{self.summary.strip()}\n\n{self._chapter_sections()}"
-            f"---\n*infsum {self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
+            f"{_HEADING}{name}{by}\n\n{self.summary.strip()}{self._chapter_sections()}{_FOOTER}"
+            f"{self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
 
     def _chapter_sections(self) -> str:
-        """``## Chapter notes`` and a section per chapter (empty without notes)."""
+        """``## Chapter notes`` and a section per chapter, after the summary (empty without notes)."""
         if not self.chapters:
             return ""
         said = (
@@ -116,11 +122,20 @@ class SummaryResult:
             if self.chapter_notes_by == "span"
             else ""
         )
-        parts = "".join(
-            f"### {c['title']}\n\n{c['note'].strip()}\n\n*{c['words']:,} words, {c['tokens']:,} tokens.*\n\n"
+        parts = "\n\n".join(
+            f"### {c['title']}\n\n{c['note'].strip()}\n\n*{c['words']:,} words, {c['tokens']:,} tokens.*"
             for c in self.chapters
         )
-        return f"## Chapter notes\n\n{said}{parts}"
+        return f"{_NOTES}{said}{parts}"
+
+
+def summary_body(text: str) -> str:
+    """The summary inside infsum's own Markdown (``SummaryResult.markdown``): ``text`` without its
+    ``# Summary of`` heading, its chapter notes and its footer; any other text as it is."""
+    if not text.startswith(_HEADING):
+        return text
+    body = text.partition("\n\n")[2]
+    return (body.rpartition(_FOOTER)[0] or body).partition(_NOTES)[0]
 
 
 def rouge_from_dict(d: dict) -> RougeScores:
@@ -219,6 +234,8 @@ class Summarizer:
             instruction=self.cfg.instruction,
             state=state,
             chapter_words=self.cfg.chapter_words,
+            evidence_tokens=self.cfg.evidence_tokens,
+            cast=self.cfg.cast,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -246,6 +263,8 @@ class Summarizer:
             update=self.cfg.memory.update,
             memory=self.cfg.memory.enabled,
             exact_tokens=self.cfg.memory.exact_tokens,
+            evidence_tokens=self.cfg.evidence_tokens if strategy.memory else 0,
+            cast=self.cfg.cast if strategy.memory else 0,
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             generation=generation if loaded else {},

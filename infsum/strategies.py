@@ -73,6 +73,9 @@ class Job:
         """The instruction that asks the model for the summary, its ``{words}`` filled in."""
         return summary_instruction(self.words, self.instruction)
 
+    evidence_tokens: int = 0  # infini: the book's central passages in the final prompt, in tokens
+    cast: int = 0  # infini: this many main characters named in the final prompt
+
     def model(self, name: str) -> LoadedModel:
         """The loaded model; ConfigError when the caller gave none."""
         if self.loaded is None:
@@ -111,9 +114,13 @@ class Strategy:
 
 
 def infini(job: Job) -> Draft:
-    """Stream the chat opening and the whole book through the memory, then generate the summary
-    from the memory and the local segment (the instruction closes the user turn)."""
+    """Stream the chat opening and the whole book through the memory (or take a saved state of it;
+    with ``chapter_words``, write a note after each chapter), then generate the summary from the
+    memory and the local segment: the end of the book, then the ask that closes the user turn
+    (``evidence.book_ask``: the book's central passages and most mentioned names as the job asks,
+    then the instruction)."""
     from .engine import InfiniReader, identity, save_state
+    from .evidence import book_ask, evidence_budget
 
     if job.infini is None:
         raise ConfigError("strategy 'infini' reads through the memory: pass infini=engine.ready(...)")
@@ -137,21 +144,23 @@ def infini(job: Job) -> Draft:
     stream_s = time.perf_counter() - t0 - notes_s
     if job.state_path is not None:
         save_state(state, job.state_path, identity=identity(job.model("infini").name, adapter, job.book))
-    budget = max_new_tokens(job.words)
-    gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
-    # the book (with the turn's opening) is in memory: the generation prompt closes the turn
-    prompt = list(chat_prompt(tok, job.summary_instruction).closing)
-    out: list[int] = []
     t0 = time.perf_counter()
-    reader.generate(
-        state,
-        prompt,
-        gen,
-        tok.eos_ids,
-        on_token=lambda t: (out.append(t), job.progress(Step("generate", len(out), gen.max_new_tokens))),
+    ask = book_ask(
+        tok,
+        job.book.text,
+        (c.text for c in job.book.chapters),
+        job.summary_instruction,
+        evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
+        cast=job.cast,
     )
+    budget = max_new_tokens(job.words)
+
+    def count(n: int) -> None:
+        job.progress(Step("generate", n, budget))
+
+    text, gen = answer(reader, state, tok, ask, job.words, job.generation, count)
     return Draft(
-        tok.decode(out, skip_special=True),
+        text,
         tokens=len(ids),
         segments=math.ceil(len(ids) / model.cfg.segment_len),
         adapter=str(adapter) if adapter else None,
@@ -163,6 +172,31 @@ def infini(job: Job) -> Draft:
         },
         chapters=notes,
     )
+
+
+def answer(
+    reader: InfiniReader,
+    state: ReaderState,
+    tok: Tokenizer,
+    ask: str,
+    words: int,
+    generation: GenerationConfig,
+    on_count: Callable[[int], None] | None = None,
+) -> tuple[str, GenerationConfig]:
+    """The model's answer of about ``words`` words to ``ask``, closing the user turn whose opening
+    and body ``state`` has read (the state is not changed: one read serves any number of asks) ->
+    (the text, the decoding settings used). ``on_count`` sees the number of tokens generated."""
+    budget = max_new_tokens(words)
+    gen = replace(generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
+    out: list[int] = []
+
+    def on_token(t: int) -> None:
+        out.append(t)
+        if on_count is not None:
+            on_count(len(out))
+
+    reader.generate(state, chat_prompt(tok, ask).closing, gen, tok.eos_ids, on_token=on_token)
+    return tok.decode(out, skip_special=True), gen
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from infsum.config import TrainConfig
 from infsum.errors import ConfigError, EmptyDocumentError
+from infsum.evidence import book_ask, evidence_budget
 from infsum.passkey import FillerSource, make_sample, read_prose
 from infsum.prompt import INSTRUCTION, chat_prompt
 from infsum.tokenizer import Tokenizer
@@ -39,6 +40,7 @@ class DataMixture:
         # a summary pair's document, encoded once and cut to the longest sample of the run: a novel
         # re-encoded on every draw would cost more than the training step on a GPU
         self._doc_ids: dict[str, tuple[list[int], bool]] = {}  # ids, and whether they are all of it
+        self._asks: dict[tuple[str, int], str] = {}  # (document, words) -> its summary ask
         self._doc_keep = cfg.segment_len * max(hi for _, hi in (cfg.segments, *cfg.curriculum))
         self.pairs = [p for path in cfg.summaries for p in read_pairs(path)]
         lm, pk, sm = cfg.mix
@@ -82,13 +84,28 @@ class DataMixture:
     def _summary(self, length: int, rng: random.Random) -> Example:
         document, summary = rng.choice(self.pairs)
         words = max(50, round(len(summary.split()) / 50) * 50)
-        turn = chat_prompt(self.tok, INSTRUCTION.format(words=words))  # the prompt `infsum` sends
+        turn = chat_prompt(self.tok, self._ask(document, words))  # the prompt `infsum` sends
         answer = self.tok.encode(summary.strip()) + self.end_of_turn
         room = length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4)
         doc = self._document(document, room)[: max(0, room)]  # a long story is cut: its beginning is kept
         prompt = turn.around(doc)
         ids = (prompt + answer)[:length]
         return self._pad(ids, [IGNORE] * len(prompt) + ids[len(prompt) :], "summary", length)
+
+    def _ask(self, document: str, words: int) -> str:
+        """The summary ask of ``infsum BOOK`` for ``document`` (``evidence.book_ask``, the evidence
+        capped by ``evidence_budget`` as at inference), made once per document and length."""
+        key = (document, words)
+        if key not in self._asks:
+            self._asks[key] = book_ask(
+                self.tok,
+                document,
+                [document],
+                INSTRUCTION.format(words=words),
+                evidence_tokens=evidence_budget(self.cfg.evidence_tokens, self.cfg.segment_len),
+                cast=self.cfg.cast,
+            )
+        return self._asks[key]
 
     def _document(self, document: str, room: int) -> list[int]:
         """The ids of ``document``, at least its first ``room`` (all of it when shorter), encoded once."""

@@ -91,7 +91,12 @@ def test_config_refuses_a_blank_or_overlong_instruction(monkeypatch: pytest.Monk
 def test_infini_generates_from_the_users_instruction(loaded, tiny_model_dir: Path) -> None:
     ask = "Tell me about the keeper in {words} words."
     cfg = SummarizeConfig(
-        model=str(tiny_model_dir), words=6, memory=MemoryConfig(segment_len=32), instruction=ask
+        model=str(tiny_model_dir),
+        words=6,
+        memory=MemoryConfig(segment_len=32),
+        instruction=ask,
+        evidence_tokens=0,  # the ask is the instruction alone (infsum.evidence adds passages)
+        cast=0,
     )
     result = summarize(BOOK, cfg, model=loaded)
     assert result.instruction == "Tell me about the keeper in 6 words."

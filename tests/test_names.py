@@ -47,6 +47,13 @@ def test_unsupported_names_are_the_summary_names_the_book_never_mentions() -> No
     assert unsupported_names(summary, STORY + " mary-daisy went to london.") == []
 
 
+def test_names_the_book_has_only_in_longer_words_or_with_curly_apostrophes_are_not_invented() -> None:
+    book = "Transcriber's note. The muck man went to Jordan\u2019s Planet for a Non-P marriage with Tr'en."
+    summary = "It was the Transcriber, then Jordan and Tr\u2019en, a Non marriage, and Quibble."
+    assert unsupported_names(summary, book) == ["Quibble"]
+    assert unsupported_names("Then Tr'en left with Jordan.", "Tr\u2019en met Jordan-Smith.") == []
+
+
 @pytest.fixture
 def story(tmp_path: Path) -> Path:
     path = tmp_path / "lighthouse.txt"

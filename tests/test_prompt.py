@@ -15,6 +15,7 @@ import torch
 
 from infsum.config import GenerationConfig, MemoryConfig, SummarizeConfig, TrainConfig
 from infsum.engine.stream import InfiniReader
+from infsum.evidence import central_passages
 from infsum.models import load_model
 from infsum.passkey import ANSWER_PREFIX, ANSWER_SLACK, QUESTION, FillerSource, make_sample
 from infsum.pipeline import summarize
@@ -26,7 +27,10 @@ from infsum.training_data import IGNORE, DataMixture
 
 torch.set_num_threads(2)
 
-DOCUMENT = "The keeper counted ships every night.\n\nHe wrote their names in a book. " * 3
+DOCUMENT = (
+    "The keeper Osric counted every ship that passed the harbour at night.\n\n"
+    "He wrote each name in the book that Ida kept for him. "
+) * 3
 SUMMARY = " ".join(["A keeper counts ships."] * 25)  # 100 words: training asks for about 100
 
 
@@ -47,7 +51,15 @@ def test_training_summary_prompt_is_the_inference_prompt(
     loaded, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tok = loaded.tokenizer
-    want = hand_built(tok, tok.encode(DOCUMENT), "Summarize the plot of the book above in about 100 words.")
+    instruction = "Summarize the plot of the book above in about 100 words."
+    # the ask after the book: its central passages (half a 64-token segment), its names, the instruction
+    passages = central_passages(DOCUMENT, tok, 32)
+    assert passages and all(p in DOCUMENT for p in passages)
+    ask = (
+        "Key passages from the book, in reading order:\n" + "\n".join(passages) + "\n\n"
+        "The names the book mentions most: Osric and Ida.\n\n" + instruction
+    )
+    want = hand_built(tok, tok.encode(DOCUMENT), ask)
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"document": DOCUMENT, "summary": SUMMARY}) + "\n", encoding="utf-8")
@@ -72,14 +84,15 @@ def test_training_summary_prompt_is_the_inference_prompt(
     monkeypatch.setattr(InfiniReader, "read", spy_read)
     monkeypatch.setattr(InfiniReader, "generate", spy_generate)
     book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
-    cfg = SummarizeConfig(model=str(tiny_model_dir), words=100, memory=MemoryConfig(segment_len=32))
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=100, memory=MemoryConfig(segment_len=64))
     summarize(book, cfg, model=loaded)
     assert seen["streamed"] + seen["prompt"] == want
-    assert seen["prompt"] == list(chat_prompt(tok, INSTRUCTION.format(words=100)).closing)
+    assert seen["prompt"] == list(chat_prompt(tok, ask).closing)
 
-    # truncate-head on a document that fits its window sends the same turn
+    # truncate-head on a document that fits its window sends the same turn, with the instruction alone
     window = WindowSummarizer(loaded, GenerationConfig())
-    assert window.prompt_ids(tok.encode(DOCUMENT), INSTRUCTION.format(words=100)) == want
+    plain = hand_built(tok, tok.encode(DOCUMENT), instruction)
+    assert window.prompt_ids(tok.encode(DOCUMENT), INSTRUCTION.format(words=100)) == plain
 
 
 def test_passkey_and_window_prompts_are_laid_out_by_one_function(loaded) -> None:

@@ -165,3 +165,45 @@ def test_model_strategies_record_device_and_dtype(quality, tmp_path: Path, tiny_
         ("truncate-tail", "cpu", "bfloat16", None),
         ("lead", "cpu", None, None),
     ]
+
+
+def long_book(root: Path) -> Path:
+    """A books-style folder whose book has 50 sentences of 20 words, no word shared between two."""
+    sentences = [f"W{i}x0 " + " ".join(f"w{i}x{j}" for j in range(1, 20)) + "." for i in range(50)]
+    (root / "long").mkdir(parents=True)
+    (root / "long" / "text.txt").write_text(" ".join(sentences) + "\n", encoding="utf-8")
+    (root / "long" / "summary.txt").write_text(sentences[49], encoding="utf-8")
+    return root
+
+
+def test_rows_and_table_carry_coverage_and_invented_names(quality, tmp_path: Path) -> None:
+    data, run_dir = long_book(tmp_path / "data"), tmp_path / "run"
+    assert quality.main(["--data", str(data), "--strategies", "lead", "--run-dir", str(run_dir)]) == 0
+    row = json.loads((run_dir / "items" / "lead" / "long.json").read_text())
+    assert row["coverage"]["histogram"] == [1] + [0] * 9  # lead: the book's first 20 words
+    (entry,) = json.loads((run_dir / "table.json").read_text())
+    assert entry["coverage"] == [100.0] + [0.0] * 9 and entry["last_tenth"] == 0.0
+    assert entry["invented_names"] == 0
+    header, _, line = (run_dir / "table.md").read_text().splitlines()
+    assert "| invented names | last 10% | sentences by tenth % |" in header
+    assert "| 0.00 | 0.0 | 100 0 0 0 0 0 0 0 0 0 |" in line
+
+
+def test_item_files_stored_without_names_or_coverage_still_aggregate(quality, tmp_path: Path) -> None:
+    data, run_dir = long_book(tmp_path / "data"), tmp_path / "run"
+    argv = ["--data", str(data), "--strategies", "lead", "--run-dir", str(run_dir)]
+    assert quality.main(argv) == 0
+    path = run_dir / "items" / "lead" / "long.json"
+    old = json.loads(path.read_text())
+    del old["coverage"], old["unsupported_names"]  # as an older run stored it
+    sentences = (data / "long" / "text.txt").read_text().split(". ")
+    old["summary"] = f"{sentences[-1].strip()} Then Zorblax left. It rained on Quibble."
+    path.write_text(json.dumps(old))
+    before = path.read_text()
+    assert quality.main([*argv, "--report-only"]) == 0
+    assert path.read_text() == before  # the item file is left as it was
+    (entry,) = json.loads((run_dir / "table.json").read_text())
+    assert entry["invented_names"] == 2  # Zorblax and Quibble, from the stored summary and the book
+    assert entry["coverage"] == [0.0] * 9 + [33.3] and entry["last_tenth"] == 33.3  # 1 of 3 sentences
+    (row,) = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert row["unsupported_names"] == ["Zorblax", "Quibble"] and row["coverage"]["unmatched"] == 2

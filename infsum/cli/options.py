@@ -125,6 +125,16 @@ ExactTokens = Annotated[
         help="Exact tokens kept per layer beside the memory (any model, no training); 0 = none.",
     ),
 ]
+EvidenceTokens = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="infini: tokens of the book's most central passages put beside the instruction; 0 = none.",
+    ),
+]
+Cast = Annotated[
+    int, typer.Option(min=0, help="infini: how many of the book's most mentioned names the prompt gives.")
+]
 Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
 Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
 MemoryVariant = Annotated[
@@ -176,6 +186,8 @@ class RunOptions:
     seed: Seed = None
     device: Device = "auto"
     strategy: Strategy = "infini"
+    evidence_tokens: EvidenceTokens = SummarizeConfig.evidence_tokens
+    cast: Cast = SummarizeConfig.cast
     adapter: Adapter = None
     no_adapter: NoAdapter = False
     instruction: Instruction = None
@@ -195,6 +207,8 @@ class RunOptions:
             device=self.device,
             strategy=self.strategy,
             words=self.words,
+            evidence_tokens=self.evidence_tokens,
+            cast=self.cast,
             memory=MemoryConfig(
                 segment_len=self.segment_len,
                 update=self.update,

@@ -149,3 +149,30 @@ def batch_table(report) -> Table:
             table.add_row("CI low", "", *[f"{means[k].ci[0]:.4f}" for k in keys])
             table.add_row("CI high", "", *[f"{means[k].ci[1]:.4f}" for k in keys])
     return table
+
+
+def coverage_table(rows, book) -> Table:
+    """Where texts come from in ``book`` (a path): one row per ``(label, path, Coverage, names)``
+    with the text's sentences, the matched ones in each tenth of the book (counts, first tenth
+    first), the unmatched ones and the count of names the book never mentions; the names in the
+    caption."""
+    table = Table(title=plain(f"Where the sentences come from in {book.name}"))
+    table.add_column("text", overflow="fold")
+    table.add_column("sent.", justify="right")
+    table.add_column("matched, per tenth of the book", no_wrap=True)
+    table.add_column("unmatched", justify="right")
+    table.add_column("invented", justify="right")
+    invented = []
+    for label, path, cov, names in rows:
+        table.add_row(
+            plain(f"{label}: {path.name}"),
+            str(len(cov.sentences)),
+            " ".join(f"{c:>2}" for c in cov.histogram),
+            str(cov.unmatched),
+            str(len(names)),
+        )
+        if names:
+            invented.append(f"{label}: {', '.join(names)}")
+    if invented:
+        table.caption = plain("invented names (never in the book): " + "; ".join(invented))
+    return table

@@ -10,7 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .options import DEFAULT_VARIANT, Device, ExactTokens, MemoryVariant, Model, Quiet, float_list
+from ..config import TrainConfig
+from .options import (
+    DEFAULT_VARIANT,
+    Cast,
+    Device,
+    EvidenceTokens,
+    ExactTokens,
+    MemoryVariant,
+    Model,
+    Quiet,
+    float_list,
+)
 
 
 def train_command(
@@ -45,6 +56,8 @@ def train_command(
     gate_init: Annotated[float, typer.Option(help="Initial gate beta (memory share: sigmoid).")] = -2.0,
     memory_variant: MemoryVariant = DEFAULT_VARIANT,
     exact_tokens: ExactTokens = 0,
+    evidence_tokens: EvidenceTokens = TrainConfig.evidence_tokens,
+    cast: Cast = TrainConfig.cast,
     rank: Annotated[int, typer.Option(min=0, help="LoRA rank on q/k/v/o; 0 trains the gates only.")] = 8,
     full_finetune: Annotated[bool, typer.Option(help="Train every weight (also writes a model).")] = False,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Resumable checkpoints go here.")] = None,
@@ -58,7 +71,6 @@ def train_command(
     """Train the memory gates and LoRA of a model; run under `accelerate launch` for several GPUs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..config import TrainConfig
     from ..training import train
 
     stages = tuple(_span(s, "--curriculum") for s in curriculum.split(",")) if curriculum else ()
@@ -78,6 +90,8 @@ def train_command(
         gate_init=gate_init,
         variant=memory_variant,
         exact_tokens=exact_tokens,
+        evidence_tokens=evidence_tokens,
+        cast=cast,
         lora_rank=rank,
         full_finetune=full_finetune,
         mix=float_list(mix, 3),

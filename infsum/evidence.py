@@ -1,0 +1,71 @@
+"""What the summary is written beside, besides the memory: the book's most central passages and its
+main characters, placed in the prompt after the whole book has streamed through the memory.
+
+An untrained memory carries little, so the model writes from its local window: without help, the
+book's last pages. ``summary_ask`` puts a bounded selection of the book's most central sentences
+(TextRank over the whole book, ``infsum.extractive.central_sentences``), in reading order, and the
+names the book mentions most (``infsum.names.characters``) into that window, next to the memory of
+everything (issue 16; docs/grounding.md has the measurements that chose the defaults). The
+selection costs at most ``evidence_tokens`` tokens of the local segment, whatever the book's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from .extractive import central_sentences
+from .names import characters
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+PASSAGES_HEADER = "Key passages from the book, in reading order:"
+CAST_LINE = "The names the book mentions most: {names}."
+
+
+def central_passages(text: str, tok: Tokenizer, budget_tokens: int) -> list[str]:
+    """The book's most central sentences, in reading order, whose tokens (one line each in the
+    prompt) sum to at most ``budget_tokens``; [] for a budget of 0 or a text with no long sentence."""
+    if budget_tokens <= 0:
+        return []
+    return central_sentences(text, budget_tokens, length=lambda s: len(tok.encode("\n" + s))) or []
+
+
+def summary_ask(instruction: str, passages: Sequence[str] = (), cast: Sequence[str] = ()) -> str:
+    """The ask that closes the user turn after the book: the passages (one per line, under a
+    header), the main characters, then the instruction; only the instruction when both are empty."""
+    parts = []
+    if passages:
+        parts.append(PASSAGES_HEADER + "".join("\n" + p for p in passages))
+    if cast:
+        parts.append(CAST_LINE.format(names=_join_names(cast)))
+    parts.append(instruction)
+    return "\n\n".join(parts)
+
+
+def evidence_budget(evidence_tokens: int, segment_len: int) -> int:
+    """The evidence tokens a prompt gets: at most half a segment, so that the passages, the
+    instruction and the start of the answer share the local segment the answer is written in."""
+    return min(evidence_tokens, segment_len // 2)
+
+
+def book_ask(
+    tok: Tokenizer,
+    text: str,
+    chapters: Iterable[str],
+    instruction: str,
+    *,
+    evidence_tokens: int,
+    cast: int,
+) -> str:
+    """The ask that closes a book's user turn (the infini summary's, and training's summary
+    examples', so the two cannot drift apart): ``instruction`` after up to ``evidence_tokens`` tokens
+    of ``text``'s central passages and the ``cast`` names its ``chapters`` mention most."""
+    names = characters(chapters)[:cast] if cast else ()
+    return summary_ask(instruction, central_passages(text, tok, evidence_tokens), names)
+
+
+def _join_names(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
