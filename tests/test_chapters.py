@@ -17,7 +17,7 @@ from infsum.config import MemoryConfig, SummarizeConfig
 from infsum.engine import InfiniReader, convert
 from infsum.errors import ConfigError
 from infsum.models import load_model
-from infsum.pipeline import summarize
+from infsum.pipeline import summarize, summary_body
 from infsum.prompt import (
     CHAPTER_INSTRUCTION,
     book_tokens,
@@ -81,6 +81,7 @@ def test_notes_follow_the_chapters_and_leave_the_summary_as_it_was(loaded, tiny_
     assert "\n\n## Chapter notes\n\n### One\n\n" in md and "### Two\n\n" in md
     assert md.index("## Chapter notes") < md.index("---\n*infsum")
     assert noted.to_dict()["chapters"][1] == noted.chapters[1]
+    assert summary_body(md) == noted.summary.strip()  # infsum score reads the summary alone
 
 
 def test_a_book_without_chapters_gets_a_note_per_span_and_says_so(
