@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_book": "infsum.readers",
+    "read_stream": "infsum.readers",
     "Book": "infsum.readers",
     "Chapter": "infsum.readers",
     "score": "infsum.scoring",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "summarize": "infsum.pipeline",
     "SummaryResult": "infsum.pipeline",
     "run_batch": "infsum.batch",
+    "AskResult": "infsum.ask",  # ask() itself: ``from infsum.ask import ask`` (the module's name)
     "load_model": "infsum.models",
     "LoadedModel": "infsum.models",
     "DEFAULT_MODEL": "infsum.models",

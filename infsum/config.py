@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from infsum import limits
 from infsum.errors import ConfigError
 
 UpdateRule = Literal["delta", "linear"]
@@ -101,15 +102,32 @@ class SummarizeConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     password: str | None = None  # for encrypted PDFs
+    # the user's summary instruction in place of prompt.INSTRUCTION ({words} -> the budget); None:
+    # the built-in one. Only the model strategies take one (the pipeline checks the strategy)
+    instruction: str | None = None
+    # infini: a note of about this many words on each chapter as the book streams; None: no notes
+    chapter_words: int | None = None
     # infini: tokens of the book's most central passages placed in the final prompt (infsum.evidence)
-    evidence_tokens: int = 1024  # (docs/grounding.md: the default beat TextRank with it)
+    evidence_tokens: int = 1024  # (the measurements that chose it: docs/grounding.md)
     cast: int = 5  # infini: how many of the book's most mentioned names the final prompt gives
 
     def __post_init__(self) -> None:
-        """Raise ConfigError for a summary length no strategy can write or an unknown dtype (the
-        strategy's name is checked by ``infsum.strategies.get_strategy``, which holds the registry)."""
+        """Raise ConfigError for a summary length no strategy can write, an unknown dtype, or a blank
+        or overlong instruction (the strategy's name is checked by ``infsum.strategies.get_strategy``,
+        which holds the registry)."""
         if self.words < 1:
             raise ConfigError(f"summary length {self.words} words is too small; give --words 1 or more")
+        if self.chapter_words is not None and self.chapter_words < 1:
+            raise ConfigError(f"--chapter-words {self.chapter_words} is too small; give 1 or more")
+        if self.instruction is not None:
+            if not self.instruction.strip():
+                raise ConfigError("the instruction is empty: give --instruction some words, or leave it out")
+            bound = limits.get("MAX_INSTRUCTION_CHARS")
+            if len(self.instruction) > bound:
+                raise ConfigError(
+                    f"the instruction has {len(self.instruction):,} characters, over {bound:,}: shorten it "
+                    f"or {limits.raise_hint('MAX_INSTRUCTION_CHARS', len(self.instruction))}"
+                )
         for option, value in (("--evidence-tokens", self.evidence_tokens), ("--cast", self.cast)):
             if value < 0:
                 raise ConfigError(f"{option} {value} is negative: use 0 (none) or more")

@@ -23,6 +23,9 @@ The defaults are generous for real books and refuse what is not one:
   subsequence table is summary x reference tokens, time and memory: 4,000 x 4,000 took 5.6 s and
   180 MB here, so 5,000 x 5,000 stays under ~10 s. Longer texts are refused (``ScoringError``), not
   capped: a capped text would get a score that is not its own.
+- ``MAX_INSTRUCTION_CHARS = 4000``: a user's summary instruction (``--instruction``), about 1,000
+  tokens. It is generated from in the local segment, beside the book's last tokens, so every token
+  of it is one token of the book fewer in view.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ MAX_ENTRIES = 10_000
 MAX_MARKUP_MB = 64
 MAX_SCORE_MB = 1
 MAX_SCORE_TOKENS = 5_000
+MAX_INSTRUCTION_CHARS = 4_000
 
 MB = 1024 * 1024
 

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, strategies
 from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
-from .prompt import trim_to_sentence, trim_to_words
+from .prompt import summary_instruction, trim_to_sentence, trim_to_words
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infsum")
 _HEADING, _FOOTER = "# Summary of ", "\n\n---\n*infsum "  # the frame of SummaryResult.markdown
+_NOTES = "\n\n## Chapter notes\n\n"  # what follows the summary there with --chapters
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class SummaryResult:
     dtype: str | None = None  # the model weights' dtype ("float32", "bfloat16"); None without a model
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
+    instruction: str | None = None  # what the model was asked (its {words} filled); None: no model
+    # --chapters: {title, words, tokens, note} per chapter (or per fixed span: chapter_notes_by "span")
+    chapters: tuple[dict, ...] = ()
+    chapter_notes_by: str | None = None  # "chapter", "span" (a book without chapters) or None
 
     @property
     def summary_words(self) -> int:
@@ -76,9 +81,14 @@ class SummaryResult:
         """The JSON record written to ``<stem>.summary.json`` and printed by ``infsum BOOK --json``."""
         out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "rouge"}
         out["characters"], out["unsupported_names"] = list(self.characters), list(self.unsupported_names)
+        out["chapters"] = [dict(c) for c in self.chapters]
         out["summary_words"] = self.summary_words
         out["rouge"] = self.rouge.to_dict() if self.rouge else None
         return out
+
+    def text(self) -> str:
+        """The summary alone (``--format txt``)."""
+        return self.summary
 
     def markdown(self) -> str:
         """``# Summary of <title>``, the summary, and a footer saying how it was made."""
@@ -100,18 +110,33 @@ class SummaryResult:
         if self.unsupported_names:
             notes += f"*Names the book never mentions: {', '.join(self.unsupported_names)}.*\n"
         return (
-            f"{_HEADING}{name}{by}\n\n{self.summary.strip()}{_FOOTER}"
+            f"{_HEADING}{name}{by}\n\n{self.summary.strip()}{self._chapter_sections()}{_FOOTER}"
             f"{self.infsum_version}: {how}, {total:.1f} s.*\n{notes}"
         )
+
+    def _chapter_sections(self) -> str:
+        """``## Chapter notes`` and a section per chapter, after the summary (empty without notes)."""
+        if not self.chapters:
+            return ""
+        said = (
+            f"*The book has no chapters: one note per {strategies.NOTE_SPAN_TOKENS:,} tokens.*\n\n"
+            if self.chapter_notes_by == "span"
+            else ""
+        )
+        parts = "\n\n".join(
+            f"### {c['title']}\n\n{c['note'].strip()}\n\n*{c['words']:,} words, {c['tokens']:,} tokens.*"
+            for c in self.chapters
+        )
+        return f"{_NOTES}{said}{parts}"
 
 
 def summary_body(text: str) -> str:
     """The summary inside infsum's own Markdown (``SummaryResult.markdown``): ``text`` without its
-    ``# Summary of`` heading and its footer; any other text as it is."""
+    ``# Summary of`` heading, its chapter notes and its footer; any other text as it is."""
     if not text.startswith(_HEADING):
         return text
     body = text.partition("\n\n")[2]
-    return body.rpartition(_FOOTER)[0] or body
+    return (body.rpartition(_FOOTER)[0] or body).partition(_NOTES)[0]
 
 
 def rouge_from_dict(d: dict) -> RougeScores:
@@ -137,6 +162,18 @@ class Summarizer:
     """Summarizes books with ``cfg``; the model is loaded on first use and then reused."""
 
     def __init__(self, cfg: SummarizeConfig, *, model: LoadedModel | None = None) -> None:
+        strategy = get_strategy(cfg.strategy)
+        if cfg.instruction is not None and not strategy.needs_model:
+            models = ", ".join(s.name for s in STRATEGIES.values() if s.needs_model)
+            raise ConfigError(
+                f"strategy {strategy.name!r} picks sentences and takes no instruction: "
+                f"leave out --instruction, or use a model strategy ({models})"
+            )
+        if cfg.chapter_words is not None and strategy.name != "infini":
+            raise ConfigError(
+                f"--chapters writes notes as the book streams through the memory: strategy "
+                f"{strategy.name!r} does not stream it; use --strategy infini"
+            )
         self.cfg = cfg
         self._loaded = model
         self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
@@ -148,14 +185,26 @@ class Summarizer:
         *,
         progress: Progress | None = None,
         state_path: str | Path | None = None,
+        from_state: str | Path | None = None,
     ) -> SummaryResult:
         """Summarize one book (a path or a ``Book``); score it when reference texts are given;
-        save the memory state after reading to ``state_path`` when given."""
+        save the memory state after reading to ``state_path`` when given; with ``from_state`` (a
+        state file saved from this book, model and adapter) write from that memory instead of
+        streaming the book again (the book is still parsed: the names check and the record need it)."""
         report = progress or ignore
         strategy = get_strategy(self.cfg.strategy)
-        if state_path is not None and not strategy.memory:
-            readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
-            raise ConfigError(f"{state_path}: only the {readers} strategy has a memory state to save")
+        readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
+        for path in (state_path, from_state):
+            if path is not None and not strategy.memory:
+                raise ConfigError(f"{path}: only the {readers} strategy has a memory state to save or use")
+        if from_state is not None and self.cfg.chapter_words is not None:
+            raise ConfigError(
+                f"{from_state}: chapter notes are written while the book streams; leave out --state"
+            )
+        if state_path is not None and from_state is not None:
+            raise ConfigError(
+                f"{from_state}: the summary is written from a saved state; leave out --save-state"
+            )
         t0 = time.perf_counter()
         if not isinstance(book, Book):
             report(Step("read", 0, 1))
@@ -167,6 +216,14 @@ class Summarizer:
             loaded = self.loaded(report)
             infini = self.infini(report) if strategy.memory else None
             seconds["load"] = time.perf_counter() - t0
+        state = None
+        if from_state is not None:
+            from .engine import check_identity, load_state
+
+            t0 = time.perf_counter()
+            state = load_state(from_state)
+            check_identity(state, from_state, model=loaded.name, adapter=infini.adapter, book=book)
+            seconds["state"] = time.perf_counter() - t0
         job = Job(
             book,
             self.cfg.words,
@@ -175,6 +232,9 @@ class Summarizer:
             infini=infini,
             progress=report,
             state_path=Path(state_path) if state_path is not None else None,
+            instruction=self.cfg.instruction,
+            state=state,
+            chapter_words=self.cfg.chapter_words,
             evidence_tokens=self.cfg.evidence_tokens,
             cast=self.cfg.cast,
         )
@@ -220,6 +280,13 @@ class Summarizer:
             rouge=score(summary, references) if references else None,
             characters=tuple(characters(c.text for c in book.chapters)),
             unsupported_names=tuple(invented),
+            instruction=summary_instruction(self.cfg.words, self.cfg.instruction) if loaded else None,
+            chapters=tuple(asdict(n) for n in draft.chapters),
+            chapter_notes_by=(
+                ("chapter" if sum(1 for c in book.chapters if c.text) > 1 else "span")
+                if draft.chapters
+                else None
+            ),
         )
 
     # -- model and adapter
@@ -257,9 +324,11 @@ def summarize(
     progress: Progress | None = None,
     model: LoadedModel | None = None,
     state_path: str | Path | None = None,
+    from_state: str | Path | None = None,
 ) -> SummaryResult:
     """Summarize ``book`` (a path or a ``Book``) with ``cfg`` (defaults: the default model, about
     400 words); score against ``references`` (texts) when given. Pass ``model`` to reuse a loaded
-    one, ``state_path`` to save the memory state after reading."""
+    one, ``state_path`` to save the memory state after reading, ``from_state`` to write from a
+    state saved from this book instead of reading it again."""
     summarizer = Summarizer(cfg or SummarizeConfig(), model=model)
-    return summarizer(book, references, progress=progress, state_path=state_path)
+    return summarizer(book, references, progress=progress, state_path=state_path, from_state=from_state)

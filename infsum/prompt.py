@@ -14,8 +14,10 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
 from .sentences import sentence_ends
 
 if TYPE_CHECKING:
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 INSTRUCTION = "Summarize the plot of the book above in about {words} words."
 CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
+CHAPTER_INSTRUCTION = (
+    "Write a short note, in about {words} words, on what happens in the part of the book just above."
+)
 TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for the model's own pace
 MAX_NEW_TOKENS = 2048
 MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
@@ -86,6 +91,28 @@ def chapter_at(starts: Sequence[tuple[int, str]], offset: int) -> str | None:
             break
         current = title
     return current
+
+
+def summary_instruction(words: int, instruction: str | None = None) -> str:
+    """The summary instruction for a ``words``-word summary: the user's ``instruction`` or the
+    built-in ``INSTRUCTION``, with every ``{words}`` in it replaced by ``words`` (other braces are
+    left as they are). Without ``{words}``, the budget still sets the answer's length in tokens."""
+    return (INSTRUCTION if instruction is None else instruction).replace("{words}", str(words))
+
+
+def load_instruction(path: str | Path) -> str:
+    """The instruction in a UTF-8 text file (``--instruction-file``), stripped; ConfigError naming
+    the file when it is missing, not UTF-8 text or empty (``SummarizeConfig`` checks its length)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: instruction file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the instruction ({e}); give a UTF-8 text file") from None
+    if not text:
+        raise ConfigError(f"{p}: the instruction file is empty; write the instruction in it")
+    return text
 
 
 def max_new_tokens(words: int) -> int:

@@ -27,13 +27,15 @@ from .config import GenerationConfig
 from .errors import ConfigError
 from .progress import Counter, Progress, Step, ignore
 from .prompt import (
+    CHAPTER_INSTRUCTION,
     CHUNK_INSTRUCTION,
-    INSTRUCTION,
     book_tokens,
     chapter_at,
     chat_prompt,
     max_new_tokens,
     min_new_tokens,
+    summary_instruction,
+    trim_to_sentence,
 )
 
 if TYPE_CHECKING:
@@ -44,13 +46,16 @@ if TYPE_CHECKING:
 
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
+NOTE_SPAN_TOKENS = 8192  # chapter notes: a book without chapters gets one note per this many tokens
 
 
 @dataclass(frozen=True)
 class Job:
     """What a strategy is given: the book, the summary's length, the decoding settings and, as the
     strategy declares, the loaded model and the ready Infini model (its memory configuration and
-    adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state."""
+    adapter); ``progress`` receives ``Step`` events, ``state_path`` asks for the memory state;
+    ``instruction`` is the user's summary instruction (None: ``prompt.INSTRUCTION``); ``state``,
+    a memory state already read from this book (``infini`` then writes from it, reading nothing)."""
 
     book: Book
     words: int
@@ -59,6 +64,15 @@ class Job:
     infini: Ready | None = None
     progress: Progress = ignore
     state_path: Path | None = None
+    instruction: str | None = None
+    state: ReaderState | None = None
+    chapter_words: int | None = None  # infini: a note of this many words per chapter as it streams
+
+    @property
+    def summary_instruction(self) -> str:
+        """The instruction that asks the model for the summary, its ``{words}`` filled in."""
+        return summary_instruction(self.words, self.instruction)
+
     evidence_tokens: int = 0  # infini: the book's central passages in the final prompt, in tokens
     cast: int = 0  # infini: this many main characters named in the final prompt
 
@@ -80,6 +94,7 @@ class Draft:
     adapter: str | None = None
     generation: dict | None = None  # the decoding settings used, when they differ from the Job's
     seconds: dict[str, float] = field(default_factory=dict)  # stages timed inside (stream, generate)
+    chapters: tuple[ChapterNote, ...] = ()  # infini with chapter_words: the notes, in reading order
 
 
 @dataclass(frozen=True)
@@ -99,11 +114,12 @@ class Strategy:
 
 
 def infini(job: Job) -> Draft:
-    """Stream the chat opening and the whole book through the memory, then generate the summary
-    from the memory and the local segment: the end of the book, then the ask that closes the user
-    turn (``evidence.book_ask``: the book's central passages and most mentioned names as the job
-    asks, then the instruction)."""
-    from .engine import InfiniReader, save_state
+    """Stream the chat opening and the whole book through the memory (or take a saved state of it;
+    with ``chapter_words``, write a note after each chapter), then generate the summary from the
+    memory and the local segment: the end of the book, then the ask that closes the user turn
+    (``evidence.book_ask``: the book's central passages and most mentioned names as the job asks,
+    then the instruction)."""
+    from .engine import InfiniReader, identity, save_state
     from .evidence import book_ask, evidence_budget
 
     if job.infini is None:
@@ -117,16 +133,23 @@ def infini(job: Job) -> Draft:
         job.progress(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
 
     t0 = time.perf_counter()
-    state = reader.read(ids, progress=on_tokens)
-    stream_s = time.perf_counter() - t0
+    notes: tuple[ChapterNote, ...] = ()
+    notes_s = 0.0
+    if job.state is not None:  # read once: a saved state of this book
+        state = job.state
+    elif job.chapter_words is not None:
+        state, notes, notes_s = read_with_notes(job, reader, ids, starts, on_tokens)
+    else:
+        state = reader.read(ids, progress=on_tokens)
+    stream_s = time.perf_counter() - t0 - notes_s
     if job.state_path is not None:
-        save_state(state, job.state_path)
+        save_state(state, job.state_path, identity=identity(job.model("infini").name, adapter, job.book))
     t0 = time.perf_counter()
     ask = book_ask(
         tok,
         job.book.text,
         (c.text for c in job.book.chapters),
-        INSTRUCTION.format(words=job.words),
+        job.summary_instruction,
         evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
         cast=job.cast,
     )
@@ -142,7 +165,12 @@ def infini(job: Job) -> Draft:
         segments=math.ceil(len(ids) / model.cfg.segment_len),
         adapter=str(adapter) if adapter else None,
         generation=asdict(gen),
-        seconds={"stream": stream_s, "generate": time.perf_counter() - t0},
+        seconds={
+            "stream": stream_s,
+            **({"notes": notes_s} if notes else {}),
+            "generate": time.perf_counter() - t0,
+        },
+        chapters=notes,
     )
 
 
@@ -169,6 +197,61 @@ def answer(
 
     reader.generate(state, chat_prompt(tok, ask).closing, gen, tok.eos_ids, on_token=on_token)
     return tok.decode(out, skip_special=True), gen
+
+
+@dataclass(frozen=True)
+class ChapterNote:
+    """A note on one chapter (or, in a book without chapters, one ``NOTE_SPAN_TOKENS`` span),
+    written as the book streamed: its title, words, tokens and the note."""
+
+    title: str
+    words: int
+    tokens: int
+    note: str
+
+
+def note_spans(
+    tok: Tokenizer, book: Book, ids: list[int], starts: list[tuple[int, str]]
+) -> list[tuple[str, int, int, int]]:
+    """(title, first token, end token, words) of each part a note is written on: the book's
+    chapters (the chat opening goes with the first), or, for a book with one chapter or none,
+    spans of ``NOTE_SPAN_TOKENS`` titled by their token range."""
+    if len(starts) > 1:
+        words = [c.words for c in book.chapters if c.text]
+        bounds = [0] + [start for start, _ in starts[1:]] + [len(ids)]
+        return [(title, bounds[i], bounds[i + 1], words[i]) for i, (_, title) in enumerate(starts)]
+    out = []
+    for a in range(0, len(ids), NOTE_SPAN_TOKENS):
+        b = min(a + NOTE_SPAN_TOKENS, len(ids))
+        out.append((f"Tokens {a + 1:,} to {b:,}", a, b, len(tok.decode(ids[a:b]).split())))
+    return out
+
+
+def read_with_notes(
+    job: Job, reader: InfiniReader, ids: list[int], starts: list[tuple[int, str]], on_tokens: Counter
+) -> tuple[ReaderState, tuple[ChapterNote, ...], float]:
+    """Read ``ids`` part by part (``note_spans``), writing a note of ``job.chapter_words`` words
+    after each from the memory of everything before and the part's end in local attention (the
+    note prompt closes the user turn, as the summary instruction does; generating leaves the state
+    as it was, so the notes change nothing in the summary) -> (state, notes, seconds writing them)."""
+    tok = job.model("infini").tokenizer
+    budget = max_new_tokens(job.chapter_words or 1)
+    gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
+    prompt = chat_prompt(tok, CHAPTER_INSTRUCTION.format(words=job.chapter_words)).closing
+    spans = note_spans(tok, job.book, ids, starts)
+    state, notes, seconds = None, [], 0.0
+    for i, (title, a, b, words) in enumerate(spans):
+        state = reader.read(ids[a:b], state, progress=lambda d, _n, a=a: on_tokens(a + d, len(ids)))
+        t0 = time.perf_counter()
+        job.progress(Step("notes", i, len(spans), title))
+        note = trim_to_sentence(
+            tok.decode(reader.generate(state, prompt, gen, tok.eos_ids), skip_special=True)
+        )
+        notes.append(ChapterNote(title, words, b - a, note))
+        seconds += time.perf_counter() - t0
+    job.progress(Step("notes", len(spans), len(spans)))
+    assert state is not None, "note_spans always gives a part: the chat opening at least"
+    return state, tuple(notes), seconds
 
 
 # ---------------------------------------------------------------- model baselines
@@ -221,11 +304,17 @@ class WindowSummarizer:
 
 
 def truncate(
-    model: WindowSummarizer, text: str, words: int, *, tail: bool, progress: Counter | None = None
+    model: WindowSummarizer,
+    text: str,
+    words: int,
+    *,
+    tail: bool,
+    progress: Counter | None = None,
+    instruction: str | None = None,
 ) -> str:
     """Summary from as much of ``text`` as fits the context window: its first (head) or last
-    (tail) tokens. ``progress`` counts generated tokens."""
-    instruction = INSTRUCTION.format(words=words)
+    (tail) tokens. ``progress`` counts generated tokens; ``instruction`` replaces the built-in one."""
+    instruction = summary_instruction(words, instruction)
     ids = model.tok.encode(text)
     keep = model.budget(instruction, words)
     ids = ids[-keep:] if tail else ids[:keep]
@@ -240,11 +329,19 @@ def truncate(
     return model.summarize(ids, instruction, words, on_token)
 
 
-def hierarchical(model: WindowSummarizer, text: str, words: int, *, progress: Counter | None = None) -> str:
+def hierarchical(
+    model: WindowSummarizer,
+    text: str,
+    words: int,
+    *,
+    progress: Counter | None = None,
+    instruction: str | None = None,
+) -> str:
     """Map-reduce summary: fixed chunks of ``CHUNK_TOKENS`` (fewer in a small window) summarized,
     then groups of those summaries summarized, until they fit the window beside the final prompt.
-    ``progress`` counts model calls (the total grows as levels are added)."""
-    final = INSTRUCTION.format(words=words)
+    ``progress`` counts model calls (the total grows as levels are added); ``instruction``
+    replaces the built-in one in the final call (the chunk summaries keep theirs)."""
+    final = summary_instruction(words, instruction)
     chunk_instruction = CHUNK_INSTRUCTION.format(words=CHUNK_SUMMARY_WORDS)
     fits = model.budget(final, words)
     size = min(CHUNK_TOKENS, model.budget(chunk_instruction, CHUNK_SUMMARY_WORDS))  # small windows
@@ -311,17 +408,38 @@ def _count_generated(job: Job) -> Counter:
 
 def _truncate_head(job: Job) -> Draft:
     model = _window(job, "truncate-head")
-    return Draft(truncate(model, job.book.text, job.words, tail=False, progress=_count_generated(job)))
+    return Draft(
+        truncate(
+            model,
+            job.book.text,
+            job.words,
+            tail=False,
+            progress=_count_generated(job),
+            instruction=job.instruction,
+        )
+    )
 
 
 def _truncate_tail(job: Job) -> Draft:
     model = _window(job, "truncate-tail")
-    return Draft(truncate(model, job.book.text, job.words, tail=True, progress=_count_generated(job)))
+    return Draft(
+        truncate(
+            model,
+            job.book.text,
+            job.words,
+            tail=True,
+            progress=_count_generated(job),
+            instruction=job.instruction,
+        )
+    )
 
 
 def _hierarchical(job: Job) -> Draft:
     model = _window(job, "hierarchical")
-    return Draft(hierarchical(model, job.book.text, job.words, progress=_count_generated(job)))
+    progress = _count_generated(job)
+    return Draft(
+        hierarchical(model, job.book.text, job.words, progress=progress, instruction=job.instruction)
+    )
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -2,9 +2,9 @@
 
 This module holds the Typer ``app`` (routing ``infsum BOOK`` to the hidden ``summarize`` command,
 turning an ``InfsumError`` into one red line and exit code 2, the root --version and -v options)
-and registers the commands, one module per command: ``summarize``, ``read``, ``score``, ``batch``,
-``passkey``, ``train``. Options shared between commands are in ``options``, rendering in ``render``,
-logging to stderr in ``logs``. Nothing here imports torch: the commands import the library in
+and registers the commands, one module per command: ``summarize``, ``read``, ``ask``, ``score``,
+``batch``, ``passkey``, ``train``. Options shared between commands are in ``options``, rendering
+in ``render``, logging to stderr in ``logs``. Nothing here imports torch: the commands import the library in
 their bodies, so ``infsum --help`` stays fast.
 """
 
@@ -19,7 +19,7 @@ from typer.core import TyperGroup, TyperOption
 
 from .. import __version__
 from ..errors import InfsumError
-from . import batch, logs, passkey, read, score, summarize, train
+from . import ask, batch, logs, passkey, read, score, summarize, train
 
 __all__ = ["app", "main"]
 
@@ -35,6 +35,8 @@ Examples:
       write out/book.summary.md and .json, and score against a reference
   infsum read book.pdf --json
       show what infsum reads from a book
+  infsum ask book.epub "Who is the narrator?" --save-state book.safetensors
+      answer from the book's memory; later: infsum ask book.safetensors "..."
   infsum score summary.md ref1.txt ref2.txt
       ROUGE of an existing summary, best over the references
   infsum batch books/ -o out/
@@ -127,6 +129,7 @@ def _root(
 
 app.command("summarize", hidden=True)(summarize.summarize_command)
 app.command("read")(read.read_command)
+app.command("ask")(ask.ask_command)
 app.command("score")(score.score_command)
 app.command("batch")(batch.batch_command)
 app.command("passkey")(passkey.passkey_command)

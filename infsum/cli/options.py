@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import click
 import typer
 
 from ..config import (
@@ -30,7 +31,9 @@ from ..config import (
     MemoryConfig,
     SummarizeConfig,
 )
-from ..readers import formats
+from ..errors import ConfigError
+from ..prompt import load_instruction
+from ..readers import FORMAT_NAMES, STDIN, Book, formats, read_stream
 from ..strategies import STRATEGIES
 from . import logs
 
@@ -44,7 +47,6 @@ def memory_variant(name: str) -> str:
     so only a name other than the default is checked here; the library checks every name again."""
     if name != DEFAULT_VARIANT:
         from ..engine.memory import get_variant
-        from ..errors import ConfigError
 
         try:
             get_variant(name)
@@ -83,9 +85,41 @@ def _quiet(value: bool) -> bool:
     return value
 
 
+def open_book(book: Path, input_format: str | None, password: str | None = None) -> Path | Book:
+    """BOOK as the library takes it: a path, or for ``-`` the book read from standard input in
+    ``--input-format`` (txt by default); ConfigError for ``--input-format`` with a file."""
+    if str(book) != STDIN:
+        if input_format is not None:
+            raise ConfigError(
+                f"{book}: --input-format is for a book on standard input (BOOK -); a file's suffix "
+                "gives its format"
+            )
+        return book
+    return read_stream(click.get_binary_stream("stdin"), input_format or "txt", password=password)
+
+
+def output_format(fmt: str | None, json_alias: bool) -> str:
+    """The ``--format`` asked for (md by default; ``--json`` is json); ConfigError when ``--json``
+    and another ``--format`` are both given."""
+    if json_alias and fmt not in (None, "json"):
+        raise ConfigError(f"--json asks for --format json, not --format {fmt}: give one of them")
+    return fmt or ("json" if json_alias else "md")
+
+
 # -- option types, each spelled once
 
-BookArg = Annotated[Path, typer.Argument(metavar="BOOK", help=f"The book: {formats()}.")]
+BookArg = Annotated[
+    Path, typer.Argument(metavar="BOOK", help=f"The book: {formats()}; - reads standard input.")
+]
+InputFormat = Annotated[
+    Literal[FORMAT_NAMES] | None,
+    typer.Option(help="Format of a book on standard input (BOOK -) [default: txt]."),
+]
+OutputFormat = Annotated[
+    Literal["md", "json", "txt"] | None,
+    typer.Option("--format", help="What stdout gets: md, json or txt (the text alone) [default: md]."),
+]
+JsonAlias = Annotated[bool, typer.Option("--json", help="The same as --format json.")]
 Words = Annotated[int, typer.Option(min=1, help="Target summary length in words.")]
 Model = Annotated[
     str | None, typer.Option(help="Model name or local directory [default: SmolLM2-135M-Instruct].")
@@ -135,6 +169,16 @@ Strategy = Annotated[
 ]
 Adapter = Annotated[Path | None, typer.Option(help="Gate adapter file [default: the shipped one].")]
 NoAdapter = Annotated[bool, typer.Option("--no-adapter", help="Run without any gate adapter.")]
+Instruction = Annotated[
+    str | None,
+    typer.Option(
+        metavar="TEXT",
+        help="Ask the model this instead of the built-in summary instruction; {words} becomes --words.",
+    ),
+]
+InstructionFile = Annotated[
+    Path | None, typer.Option(metavar="FILE", help="Read the instruction from a UTF-8 text file.")
+]
 Password = Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or messages on stderr.")
@@ -162,9 +206,17 @@ class RunOptions:
     cast: Cast = SummarizeConfig.cast
     adapter: Adapter = None
     no_adapter: NoAdapter = False
+    instruction: Instruction = None
+    instruction_file: InstructionFile = None
 
-    def config(self, *, password: str | None = None) -> SummarizeConfig:
-        """The ``SummarizeConfig`` these options ask for."""
+    def config(self, *, password: str | None = None, chapter_words: int | None = None) -> SummarizeConfig:
+        """The ``SummarizeConfig`` these options ask for (reading ``--instruction-file``);
+        ConfigError for both instruction options at once."""
+        instruction = self.instruction
+        if self.instruction_file is not None:
+            if instruction is not None:
+                raise ConfigError("give --instruction or --instruction-file, not both")
+            instruction = load_instruction(self.instruction_file)
         return SummarizeConfig(
             model=self.model,
             adapter=None if self.no_adapter else (self.adapter or "default"),
@@ -183,6 +235,8 @@ class RunOptions:
             ),
             generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
             password=password,
+            instruction=instruction,
+            chapter_words=chapter_words,
         )
 
 
@@ -198,6 +252,22 @@ MODEL_FIELDS = (
     "no_adapter",
     "device",
     "dtype",
+)
+
+
+# ask: the model, memory and decoding options (its --words is its own: an answer is shorter)
+ASK_FIELDS = (
+    "model",
+    "segment_len",
+    "update",
+    "memory",
+    "memory_variant",
+    "exact_tokens",
+    "temperature",
+    "seed",
+    "device",
+    "adapter",
+    "no_adapter",
 )
 
 

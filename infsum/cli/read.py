@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .options import BookArg, Password
+from .options import BookArg, InputFormat, Password, open_book
 from .render import plain
 
 
@@ -20,13 +21,15 @@ def read_command(
     ] = False,
     text: Annotated[bool, typer.Option("--text", help="Print the clean text the model would read.")] = False,
     password: Password = None,
+    input_format: InputFormat = None,
 ) -> None:
     """Show what infsum reads from BOOK: title, author, chapters with word counts."""
     from ..readers import load_book
 
     if json_out and text:
         raise typer.BadParameter("give --json or --text, not both")
-    b = load_book(book, password=password)
+    source = open_book(book, input_format, password)
+    b = load_book(source, password=password) if isinstance(source, Path) else source
     if text:
         typer.echo(b.text)
     elif json_out:

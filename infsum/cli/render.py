@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from rich.console import Console
@@ -71,6 +72,10 @@ class ProgressView:
             self._show("load", step.detail or "loading model", step.done, step.total)
         elif step.stage == "generate":
             self._show("generate", "writing summary", step.done, step.total)
+        elif step.stage == "notes":
+            self._show("notes", "writing chapter notes", step.done, step.total)
+        elif step.stage == "answer":
+            self._show("answer", "answering", step.done, step.total)
         elif step.stage == "book":
             for stage in ("stream", "generate", "load"):  # a new book starts fresh bars
                 if stage in self.tasks:
@@ -87,6 +92,14 @@ class ProgressView:
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(description, total=total, rate=rate)
         self.bar.update(self.tasks[key], description=description, completed=done, total=total, rate=rate)
+
+
+def document(result, fmt: str) -> str:
+    """A ``SummaryResult`` or ``AskResult`` as stdout gets it: ``md`` (the Markdown file's text),
+    ``json`` (the JSON file's) or ``txt`` (the summary, or the answers, alone)."""
+    if fmt == "json":
+        return json.dumps(result.to_dict(), indent=2, ensure_ascii=False)
+    return result.text() if fmt == "txt" else result.markdown()
 
 
 def plain(text: str) -> Text:

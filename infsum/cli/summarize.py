@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from .options import BookArg, Password, Quiet, RunOptions, run_options
-from .render import ProgressView, rouge_table
+from ..errors import ConfigError
+from .options import (
+    BookArg,
+    InputFormat,
+    JsonAlias,
+    OutputFormat,
+    Password,
+    Quiet,
+    RunOptions,
+    open_book,
+    output_format,
+    run_options,
+)
+from .render import ProgressView, document, rouge_table
+
+STDOUT = Path("-")
+CHAPTER_WORDS = 60  # --chapter-words' default
 
 
 @run_options()
@@ -18,16 +32,27 @@ def summarize_command(
     book: BookArg,
     run: RunOptions,
     password: Password = None,
+    input_format: InputFormat = None,
     ref: Annotated[
         list[Path] | None, typer.Option(metavar="FILE", help="Reference summary to score (repeatable).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write <stem>.summary.md and .json here.")
+        Path | None,
+        typer.Option("--out", "-o", help="Write <stem>.summary.md and .json here; - is standard output."),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the result as JSON instead of Markdown.")
-    ] = False,
+    fmt: OutputFormat = None,
+    json_out: JsonAlias = False,
     save_state: Annotated[Path | None, typer.Option(help="Save the memory state after reading.")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Write from this saved state of BOOK instead of reading it again."),
+    ] = None,
+    chapters: Annotated[
+        bool, typer.Option("--chapters", help="Also a note on each chapter, written as the book streams.")
+    ] = False,
+    chapter_words: Annotated[
+        int | None, typer.Option(min=1, help="Length of each chapter note in words [default: 60].")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Summarize BOOK: stream it through the model and print a Markdown summary."""
@@ -35,16 +60,23 @@ def summarize_command(
     from ..pipeline import summarize
     from ..scoring import read_text_file
 
+    fmt = output_format(fmt, json_out)
     references = [read_text_file(r) for r in ref or ()]  # fail on a bad reference before the model runs
-    cfg = run.config(password=password)
+    if chapter_words is not None and not chapters:
+        raise ConfigError("--chapter-words sets the length of chapter notes: give --chapters too")
+    cfg = run.config(password=password, chapter_words=(chapter_words or CHAPTER_WORDS) if chapters else None)
+    source = open_book(book, input_format, password)
     with ProgressView(run.segment_len, quiet) as view:
-        result = summarize(book, cfg, references=references, progress=view, state_path=save_state)
+        result = summarize(
+            source, cfg, references=references, progress=view, state_path=save_state, from_state=state
+        )
     # the summary reaches stdout first: if the files below cannot be written, nothing is lost
-    typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_out else result.markdown())
-    if out is not None:
-        md, js = out / f"{book.stem}.summary.md", out / f"{book.stem}.summary.json"
+    typer.echo(document(result, fmt))
+    if out is not None and out != STDOUT:
+        stem = book.stem if isinstance(source, Path) else "stdin"
+        md, js = out / f"{stem}.summary.md", out / f"{stem}.summary.json"
         write_outputs(result, md, js)
         if not quiet:
             typer.echo(f"wrote {md} and {js}", err=True)
-    if result.rouge and not json_out:
+    if result.rouge and fmt != "json":
         Console(stderr=True).print(rouge_table(result.rouge))

@@ -13,7 +13,14 @@ from infsum.engine.adapter import (
 )
 from infsum.engine.memory import ExactStore, MemoryState, gate, read_memory, sigma, update_memory
 from infsum.engine.model import InfiniModel, LocalCache, convert
-from infsum.engine.stream import InfiniReader, ReaderState, load_state, save_state
+from infsum.engine.stream import (
+    InfiniReader,
+    ReaderState,
+    check_identity,
+    identity,
+    load_state,
+    save_state,
+)
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -26,8 +33,10 @@ __all__ = [
     "LocalCache",
     "MemoryState",
     "ReaderState",
+    "check_identity",
     "convert",
     "gate",
+    "identity",
     "load_adapter",
     "load_state",
     "read_memory",

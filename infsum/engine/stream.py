@@ -7,13 +7,23 @@ A ``ReaderState`` is the memory of every complete segment read so far plus the t
 current, incomplete segment. Those pending tokens are only run through the model when their segment
 fills (or when generation starts), so reading a text in one call or in any number of pieces runs the
 very same segments and gives bit-identical state and output. The reader streams one text (batch 1).
+``generate`` never changes the state it is given, so one state answers any number of prompts.
+
+A state file also records what the state is of (``identity``: the model's name, the adapter's file
+name and sha256, the book's title and the sha256 of its text), in a fixed-size tensor so that the
+file's size never depends on the book; ``check_identity`` refuses a state from another model,
+adapter or book.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,8 +36,14 @@ from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
 from infsum.progress import Counter
 
-STATE_FORMAT = "infsum-state/2"  # 2 added the exact-token store
+if TYPE_CHECKING:
+    from infsum.readers import Book
+
+STATE_FORMAT = "infsum-state/2"  # 2 added the exact-token store (and, optionally, the identity)
 _OLD_FORMATS = ("infsum-state/1",)  # still read: they hold no store (exact_tokens 0)
+IDENTITY_BYTES = 8192  # the identity's JSON in UTF-8, zero-padded: the same file size for every book
+_IDENTITY_CHARS = {"model": 1024, "adapter": 256, "title": 256, "author": 256, "source": 256}
+log = logging.getLogger("infsum")
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,7 @@ class ReaderState:
 
     ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
     token read; ``segment_len``, ``update``, ``model_name``, ``variant`` and the ``exact_*`` store
-    settings say how the memory was built.
+    settings say how the memory was built; ``identity`` what it was read from (``identity()``).
     ``recent`` holds the ids of the last segment already written into memory: generation re-reads
     the end of it locally when the pending tail is short (see ``InfiniReader.generate``).
     """
@@ -53,6 +69,7 @@ class ReaderState:
     exact_score: str = "residual"
     exact_positions: str = "fixed"
     exact_sinks: int = 0
+    identity: dict[str, Any] = field(default_factory=dict)  # what it is of (see ``identity``); {}: unknown
 
     @property
     def store_settings(self) -> str:
@@ -306,14 +323,91 @@ class _Sampler:
         return int(order[torch.multinomial(sorted_p, 1, generator=self.rng)])
 
 
-def save_state(state: ReaderState, path: str | Path) -> None:
-    """Save a reader state as safetensors (+ JSON metadata).
+def identity(model: str, adapter: Path | None, book: Book | None = None) -> dict[str, Any]:
+    """What a state is of, saved with it and checked before it is used: ``model`` (the loaded
+    model's name), the adapter file's name and sha256 (None: no adapter) and the book's title,
+    author, words, source and the sha256 of its text (``Book.text`` in UTF-8)."""
+    out: dict[str, Any] = {
+        "model": model,
+        "adapter": adapter.name if adapter else None,
+        "adapter_sha256": _file_sha256(adapter) if adapter else None,
+    }
+    if book is not None:
+        out.update(
+            title=book.title,
+            author=book.author,
+            words=book.words,
+            source=book.source,
+            book_sha256=hashlib.sha256(book.text.encode("utf-8")).hexdigest(),
+        )
+    return out
+
+
+def check_identity(
+    state: ReaderState, path: str | Path, *, model: str, adapter: Path | None, book: Book | None = None
+) -> None:
+    """Raise CheckpointError when the state in ``path`` was read with another model or adapter
+    than ``model`` and ``adapter`` (see ``identity``), or from another book than ``book`` (when
+    given). A state saved without an identity (an older infsum) is only logged as unchecked; the
+    memory settings are checked by the reader that uses it."""
+    got = state.identity
+    if not got:
+        log.warning(
+            "%s: the state records no model, adapter or book (an older infsum saved it): unchecked", path
+        )
+        return
+    if got.get("model") != model:
+        raise CheckpointError(
+            f"state {path} was read with model {got.get('model')}, this run loads {model}: "
+            f"give --model {got.get('model')}, or read the book again"
+        )
+    want = _file_sha256(adapter) if adapter else None
+    if got.get("adapter_sha256") != want:
+        theirs, ours = got.get("adapter") or "no adapter", adapter.name if adapter else "no adapter"
+        fix = "--no-adapter" if got.get("adapter") is None else f"--adapter with the file {theirs} it used"
+        raise CheckpointError(
+            f"state {path} was read with {theirs}, this run uses {ours}: give {fix}, or read the book again"
+        )
+    if book is not None and got.get("book_sha256") not in (None, identity(model, None, book)["book_sha256"]):
+        raise CheckpointError(
+            f"state {path} holds another book ({got.get('title')!r}, {got.get('words')} words) than "
+            f"{book.source}: give that book, or read this one again with --save-state"
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity_tensor(ident: dict[str, Any]) -> Tensor:
+    """The identity as zero-padded UTF-8 JSON in ``IDENTITY_BYTES`` (long names are cut to
+    ``_IDENTITY_CHARS``, so it always fits)."""
+    cut = {
+        k: v[: _IDENTITY_CHARS[k]] if isinstance(v, str) and k in _IDENTITY_CHARS else v
+        for k, v in ident.items()
+    }
+    raw = json.dumps(cut, ensure_ascii=False).encode("utf-8")
+    if len(raw) > IDENTITY_BYTES:  # only with pathological names: keep what is checked
+        raw = json.dumps({k: cut[k] for k in ("model", "adapter_sha256", "book_sha256") if k in cut}).encode()
+    out = torch.zeros(IDENTITY_BYTES, dtype=torch.uint8)
+    out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return out
+
+
+def save_state(state: ReaderState, path: str | Path, *, identity: dict[str, Any] | None = None) -> None:
+    """Save a reader state as safetensors (+ JSON metadata), with ``identity`` (default: the
+    state's own; see ``identity()``).
 
     The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats), the store in fixed
-    ``exact_tokens`` slots per layer and kv head (keys, values, scores, stream indices), and the
-    pending and recent ids in fixed segment_len slots, so its size does not depend on the book's
-    length (a state whose memory is still empty, a book shorter than one segment, is smaller).
-    Pending tokens are re-run on use.
+    ``exact_tokens`` slots per layer and kv head (keys, values, scores, stream indices), the
+    pending and recent ids in fixed segment_len slots and the identity in ``IDENTITY_BYTES``, so
+    its size does not depend on the book's length or title (a state whose memory is still empty, a
+    book shorter than one segment, is smaller). Pending tokens are re-run on use.
     """
     seg = state.segment_len
     pending = torch.zeros(seg, dtype=torch.long)
@@ -324,6 +418,9 @@ def save_state(state: ReaderState, path: str | Path) -> None:
     held, seen = (stores[0].size, stores[0].seen) if stores else (0, 0)
     counts = torch.tensor([len(state.pending), state.n_read, len(state.recent), held, seen])
     tensors = {"pending": pending, "recent": recent, "counts": counts}
+    ident = state.identity if identity is None else identity
+    if ident:
+        tensors["identity"] = _identity_tensor(ident)
     if state.memory is not None:
         for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
             tensors[f"M.{i}"] = M.detach().cpu().contiguous()
@@ -389,6 +486,18 @@ def load_state(path: str | Path) -> ReaderState:
             meta.get("exact_score", "residual"),
             meta.get("exact_positions", "fixed"),
             int(meta.get("exact_sinks", "0")),
+            _read_identity(tensors.get("identity")),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
+
+
+def _read_identity(t: Tensor | None) -> dict[str, Any]:
+    """The identity saved by ``_identity_tensor`` ({} when the file has none); ValueError if damaged."""
+    if t is None:
+        return {}
+    raw = bytes(t.tolist()).rstrip(b"\0")
+    ident = json.loads(raw.decode("utf-8"))
+    if not isinstance(ident, dict):
+        raise ValueError("identity is not a JSON object")
+    return ident
