@@ -21,7 +21,7 @@ from . import __version__
 from .config import SummarizeConfig
 from .errors import ConfigError
 from .progress import Progress, Step, ignore
-from .prompt import book_tokens, chapter_at, chat_prompt, max_new_tokens, trim_to_sentence
+from .prompt import book_tokens, chapter_at, chat_prompt, max_new_tokens, read_user_text, trim_to_sentence
 from .readers import Book, load_book
 
 if TYPE_CHECKING:
@@ -89,12 +89,7 @@ def load_questions(path: str | Path) -> list[str]:
     """The questions in a UTF-8 text file, one a line (blank lines skipped); ConfigError naming the
     file when it is missing, not text or holds no question."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: questions file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the questions ({e}); give a UTF-8 text file") from None
+    lines = read_user_text(p, "questions", "the questions").splitlines()
     questions = [q.strip() for q in lines if q.strip()]
     if not questions:
         raise ConfigError(f"{p}: no question in the file; write one question a line")

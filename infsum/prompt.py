@@ -100,16 +100,22 @@ def summary_instruction(words: int, instruction: str | None = None) -> str:
     return (INSTRUCTION if instruction is None else instruction).replace("{words}", str(words))
 
 
+def read_user_text(path: Path, kind: str, what: str) -> str:
+    """The UTF-8 text of a file the user gave (``kind``: "instruction", "questions"); ConfigError
+    naming the file when it is missing or not UTF-8 text (``what``: what it holds, for the message)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {kind} file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e}); give a UTF-8 text file") from None
+
+
 def load_instruction(path: str | Path) -> str:
     """The instruction in a UTF-8 text file (``--instruction-file``), stripped; ConfigError naming
     the file when it is missing, not UTF-8 text or empty (``SummarizeConfig`` checks its length)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: instruction file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the instruction ({e}); give a UTF-8 text file") from None
+    text = read_user_text(p, "instruction", "the instruction").strip()
     if not text:
         raise ConfigError(f"{p}: the instruction file is empty; write the instruction in it")
     return text
