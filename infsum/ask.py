@@ -4,13 +4,17 @@
 memory, as ``infsum BOOK`` streams it, and the state can be saved) or a state file saved by
 ``infsum BOOK --save-state`` or by ``ask`` itself (nothing is read again: the state is checked
 against the loaded model and adapter, ``engine.check_identity``). Each question closes the user
-turn the book opened, as the summary instruction does (``prompt.chat_prompt``), and is answered
-from the same state: ``InfiniReader.generate`` leaves the state as it was, so questions do not see
-each other's answers and the order of the questions changes nothing.
+turn the book opened as the summary instruction does: after the book's central passages and most
+mentioned names (``evidence.book_evidence``, ``cfg.evidence_tokens`` and ``cfg.cast``; a saved
+state carries those it was saved with, held to a smaller budget when one is asked), in
+``prompt.chat_prompt``'s layout. Every question is answered from the same state:
+``InfiniReader.generate`` leaves the state as it was, so questions do not see each other's answers
+and the order of the questions changes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 STATE_SUFFIX = ".safetensors"  # a source with this suffix is a saved state, any other a book
+log = logging.getLogger("infsum")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class AskResult:
     state: str | None  # the state file loaded or saved, if any
     segment_len: int
     generation: dict
+    # the evidence each question closed with: the passages' token budget (capped at half a segment;
+    # a state's own when smaller) and the names asked for; 0 and 0 from a state saved without them
+    evidence_tokens: int = 0
+    cast: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # read, load, stream or state, answer
     infsum_version: str = __version__
 
@@ -108,12 +117,14 @@ def ask(
     """Answer ``questions`` about ``source``: a book (a path or a ``Book``, streamed through the
     memory now; ``save_state`` keeps the state) or a state file (``is_state_file``: answered
     without reading). ``cfg`` gives the model, memory, adapter, device and decoding settings
-    (``words``: each answer's length; the strategy and instruction are not used); pass ``model``
-    to reuse a loaded one. ConfigError for no question or a blank one, or ``save_state`` with a
+    (``words``: each answer's length; ``evidence_tokens`` and ``cast``: the passages and names
+    before each question, as in the summary; the strategy and instruction are not used); pass
+    ``model`` to reuse a loaded one. ConfigError for no question or a blank one, or ``save_state`` with a
     state file; CheckpointError for a state from another model, adapter or memory settings.
     """
     from .engine import InfiniReader, check_identity, identity, load_state
     from .engine import save_state as write_state
+    from .evidence import Evidence, book_evidence, evidence_budget
     from .pipeline import Summarizer
 
     cfg = cfg or SummarizeConfig()
@@ -145,8 +156,16 @@ def ask(
     tok = loaded.tokenizer
     reader = InfiniReader(infini)
     t0 = time.perf_counter()
+    budget = evidence_budget(cfg.evidence_tokens, infini.cfg.segment_len)
     if state is not None:
         check_identity(state, source, model=loaded.name, adapter=adapter)
+        if not state.context and (budget or cfg.cast):
+            log.info(
+                "%s: the state holds no passages or names (an older infsum saved it): "
+                "the questions are asked without them",
+                source,
+            )
+        evidence = Evidence.from_context(state.context).within(tok, budget, cfg.cast)
         seconds["state"] += time.perf_counter() - t0
         title = state.identity.get("title")
     else:
@@ -154,8 +173,11 @@ def ask(
         state = reader.read(
             ids, progress=lambda d, n: report(Step("stream", d, n, chapter_at(starts, max(d - 1, 0))))
         )
+        chapters = (c.text for c in book.chapters)
+        evidence = book_evidence(tok, book.text, chapters, evidence_tokens=budget, cast=cfg.cast)
         if save_state is not None:
-            write_state(state, save_state, identity=identity(loaded.name, adapter, book))
+            ident = identity(loaded.name, adapter, book)
+            write_state(state, save_state, identity=ident, context=evidence.context())
         seconds["stream"] = time.perf_counter() - t0
         title = book.title
     gen = replace(cfg.generation, max_new_tokens=max_new_tokens(cfg.words), min_new_tokens=0)
@@ -164,7 +186,7 @@ def ask(
     for i, question in enumerate(questions):
         report(Step("answer", i, len(questions), question))
         t0 = time.perf_counter()
-        out = reader.generate(state, chat_prompt(tok, question).closing, gen, tok.eos_ids)
+        out = reader.generate(state, chat_prompt(tok, evidence.ask(question)).closing, gen, tok.eos_ids)
         text = trim_to_sentence(tok.decode(out, skip_special=True))
         answers.append(Answer(question, text, len(out), round(time.perf_counter() - t0, 3)))
     report(Step("answer", len(questions), len(questions)))
@@ -180,5 +202,7 @@ def ask(
         state=str(source) if from_state else (str(save_state) if save_state is not None else None),
         segment_len=state.segment_len,
         generation=asdict(gen),
+        evidence_tokens=evidence.evidence_tokens,
+        cast=evidence.cast,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

@@ -7,12 +7,17 @@ book's last pages. ``summary_ask`` puts a bounded selection of the book's most c
 names the book mentions most (``infsum.names.characters``) into that window, next to the memory of
 everything (issue 16; docs/grounding.md has the measurements that chose the defaults). The
 selection costs at most ``evidence_tokens`` tokens of the local segment, whatever the book's length.
+
+The same ``Evidence`` closes every question of ``infsum ask``, and a saved state carries it
+(``Evidence.context``, ``Evidence.from_context``), so a question asked of the state alone gets the
+passages and names it would get with the book.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .extractive import central_sentences
 from .names import characters
@@ -50,6 +55,69 @@ def evidence_budget(evidence_tokens: int, segment_len: int) -> int:
     return min(evidence_tokens, segment_len // 2)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """A book's central passages (in reading order) and its most mentioned names, picked under a
+    budget of ``evidence_tokens`` tokens and ``cast`` names: what closes the user turn before the
+    instruction or question (``ask``)."""
+
+    passages: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    evidence_tokens: int = 0
+    cast: int = 0
+
+    def ask(self, instruction: str) -> str:
+        """The ask closing the user turn: the passages, the names, then ``instruction``."""
+        return summary_ask(instruction, self.passages, self.names)
+
+    def within(self, tok: Tokenizer, evidence_tokens: int, cast: int) -> Evidence:
+        """This evidence held to a smaller budget: the leading passages (reading order) whose
+        tokens (counted as ``central_passages`` counts them) fit ``evidence_tokens``, and the first
+        ``cast`` names. A larger budget keeps everything: the passages a larger budget would have
+        picked are not here to add. Not always the passages the book would give at the smaller
+        budget (``central_passages`` then picks the most central that fit), but a subset of these."""
+        if evidence_tokens >= self.evidence_tokens and cast >= self.cast:
+            return self
+        kept, used = [], 0
+        for p in self.passages:
+            used += len(tok.encode("\n" + p))
+            if used > evidence_tokens:
+                break
+            kept.append(p)
+        budget, names = min(evidence_tokens, self.evidence_tokens), min(cast, self.cast)
+        return Evidence(tuple(kept), self.names[:names], budget, names)
+
+    def context(self) -> dict[str, Any]:
+        """As a saved state carries it (``engine.save_state(..., context=)``): plain JSON values."""
+        return {
+            "passages": list(self.passages),
+            "names": list(self.names),
+            "evidence_tokens": self.evidence_tokens,
+            "cast": self.cast,
+        }
+
+    @classmethod
+    def from_context(cls, context: dict[str, Any]) -> Evidence:
+        """The evidence a state's ``context`` holds ({}: none, as in a state saved before it was kept)."""
+        if not context:
+            return cls()
+        return cls(
+            tuple(context["passages"]),
+            tuple(context["names"]),
+            int(context["evidence_tokens"]),
+            int(context["cast"]),
+        )
+
+
+def book_evidence(
+    tok: Tokenizer, text: str, chapters: Iterable[str], *, evidence_tokens: int, cast: int
+) -> Evidence:
+    """Up to ``evidence_tokens`` tokens of ``text``'s central passages and the ``cast`` names its
+    ``chapters`` mention most."""
+    names = characters(chapters)[:cast] if cast else []
+    return Evidence(tuple(central_passages(text, tok, evidence_tokens)), tuple(names), evidence_tokens, cast)
+
+
 def book_ask(
     tok: Tokenizer,
     text: str,
@@ -59,11 +127,10 @@ def book_ask(
     evidence_tokens: int,
     cast: int,
 ) -> str:
-    """The ask that closes a book's user turn (the infini summary's, and training's summary
-    examples', so the two cannot drift apart): ``instruction`` after up to ``evidence_tokens`` tokens
-    of ``text``'s central passages and the ``cast`` names its ``chapters`` mention most."""
-    names = characters(chapters)[:cast] if cast else ()
-    return summary_ask(instruction, central_passages(text, tok, evidence_tokens), names)
+    """The ask that closes a book's user turn (the infini summary's, ``infsum ask``'s and
+    training's summary examples', so they cannot drift apart): ``instruction`` after
+    ``book_evidence``."""
+    return book_evidence(tok, text, chapters, evidence_tokens=evidence_tokens, cast=cast).ask(instruction)
 
 
 def _join_names(names: Sequence[str]) -> str:

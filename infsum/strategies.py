@@ -117,10 +117,10 @@ def infini(job: Job) -> Draft:
     """Stream the chat opening and the whole book through the memory (or take a saved state of it;
     with ``chapter_words``, write a note after each chapter), then generate the summary from the
     memory and the local segment: the end of the book, then the ask that closes the user turn
-    (``evidence.book_ask``: the book's central passages and most mentioned names as the job asks,
-    then the instruction)."""
+    (``evidence.book_evidence``: the book's central passages and most mentioned names as the job
+    asks, then the instruction; a saved state carries them, for ``infsum ask``)."""
     from .engine import InfiniReader, identity, save_state
-    from .evidence import book_ask, evidence_budget
+    from .evidence import book_evidence, evidence_budget
 
     if job.infini is None:
         raise ConfigError("strategy 'infini' reads through the memory: pass infini=engine.ready(...)")
@@ -142,17 +142,18 @@ def infini(job: Job) -> Draft:
     else:
         state = reader.read(ids, progress=on_tokens)
     stream_s = time.perf_counter() - t0 - notes_s
-    if job.state_path is not None:
-        save_state(state, job.state_path, identity=identity(job.model("infini").name, adapter, job.book))
     t0 = time.perf_counter()
-    ask = book_ask(
+    evidence = book_evidence(
         tok,
         job.book.text,
         (c.text for c in job.book.chapters),
-        job.summary_instruction,
         evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
         cast=job.cast,
     )
+    if job.state_path is not None:
+        ident = identity(job.model("infini").name, adapter, job.book)
+        save_state(state, job.state_path, identity=ident, context=evidence.context())
+    ask = evidence.ask(job.summary_instruction)
     budget = max_new_tokens(job.words)
 
     def count(n: int) -> None:

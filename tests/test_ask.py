@@ -24,9 +24,11 @@ from infsum.engine import (
     save_adapter,
     save_state,
 )
-from infsum.engine.stream import IDENTITY_BYTES
+from infsum.engine.stream import IDENTITY_BYTES, context_bytes
 from infsum.errors import CheckpointError, ConfigError
+from infsum.evidence import book_evidence, central_passages, summary_ask
 from infsum.models import load_model
+from infsum.names import characters
 from infsum.pipeline import summarize
 from infsum.prompt import book_tokens, chat_prompt, max_new_tokens, trim_to_sentence
 from infsum.readers import Book, Chapter
@@ -145,9 +147,36 @@ def test_a_state_without_identity_still_loads_and_is_logged_unchecked(loaded, tm
 # ---------------------------------------------------------------- infsum.ask
 
 
-def test_ask_uses_the_summary_layout_with_the_question_as_the_ask(loaded, tiny_model_dir: Path) -> None:
-    result = ask(BOOK, ["Who rowed out?"], config(tiny_model_dir), model=loaded)
+EV_SEG = 64  # a segment with room for passages: the evidence is capped at half of it
+EV_CFG = {"evidence_tokens": 40, "cast": 2}  # 32 tokens of passages (the cap), two names
+NAMED = replace(  # a book with names in it: Mara, then Osric, the most mentioned
+    BOOK,
+    chapters=(
+        Chapter("One", "Each night the keeper Mara counted the ships. Then Mara wrote to Osric. " * 3),
+        Chapter("Two", "One winter a ship came with no name, and Osric rowed out with Mara and Ida. " * 2),
+    ),
+)
+
+
+@pytest.fixture
+def prompts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The prompt ids of every ``InfiniReader.generate`` call from here on, in order."""
+    seen: list[tuple[int, ...]] = []
+    generate = InfiniReader.generate
+
+    def recording(self, state, prompt_ids, *args, **kwargs):
+        seen.append(tuple(prompt_ids))
+        return generate(self, state, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(InfiniReader, "generate", recording)
+    return seen
+
+
+def test_ask_without_evidence_closes_with_the_bare_question(loaded, tiny_model_dir: Path, prompts) -> None:
+    cfg = config(tiny_model_dir, evidence_tokens=0, cast=0)
+    result = ask(BOOK, ["Who rowed out?"], cfg, model=loaded)
     tok = loaded.tokenizer
+    assert prompts == [chat_prompt(tok, "Who rowed out?").closing]  # the prompt before evidence existed
     reader = InfiniReader(convert(loaded.model, MemoryConfig(segment_len=SEG)))
     state = reader.read(book_tokens(tok, BOOK)[0])
     gen = replace(SummarizeConfig().generation, max_new_tokens=max_new_tokens(5), min_new_tokens=0)
@@ -155,6 +184,90 @@ def test_ask_uses_the_summary_layout_with_the_question_as_the_ask(loaded, tiny_m
     assert result.answers[0].answer == trim_to_sentence(tok.decode(out, skip_special=True))
     assert result.answers[0].tokens == len(out) and result.tokens == state.n_read
     assert not result.from_state and result.title == "The Keeper" and result.state is None
+    assert (result.to_dict()["evidence_tokens"], result.to_dict()["cast"]) == (0, 0)
+
+
+def test_each_question_closes_after_the_books_passages_and_names(loaded, tiny_model_dir, prompts) -> None:
+    cfg = replace(config(tiny_model_dir, **EV_CFG), memory=MemoryConfig(segment_len=EV_SEG))
+    questions = ["Who rowed out?", "What did he count?"]
+    result = ask(NAMED, questions, cfg, model=loaded)
+    tok = loaded.tokenizer
+    passages = central_passages(NAMED.text, tok, EV_SEG // 2)
+    names = characters(c.text for c in NAMED.chapters)[:2]
+    assert passages and len(names) == 2
+    assert prompts == [chat_prompt(tok, summary_ask(q, passages, names)).closing for q in questions]
+    assert passages[0] in tok.decode(prompts[0])
+    assert (result.evidence_tokens, result.cast) == (EV_SEG // 2, 2)  # the cap: half a segment
+
+
+# ---------------------------------------------------------------- the state's ask context
+
+
+def test_a_state_carries_the_evidence_and_answers_as_the_book_does(
+    loaded, tiny_model_dir, tmp_path, prompts
+) -> None:
+    cfg = replace(config(tiny_model_dir, **EV_CFG), memory=MemoryConfig(segment_len=EV_SEG))
+    path, summary_path = tmp_path / "keeper.safetensors", tmp_path / "summary.safetensors"
+    questions = ["Who rowed out?", "What did he count?"]
+    read = ask(NAMED, questions, cfg, save_state=path, model=loaded)
+    tok = loaded.tokenizer
+    passages = central_passages(NAMED.text, tok, EV_SEG // 2)
+    names = characters(c.text for c in NAMED.chapters)[:2]
+    context = {"passages": passages, "names": names, "evidence_tokens": EV_SEG // 2, "cast": 2}
+    assert load_state(path).context == context
+    summarize(NAMED, cfg, model=loaded, state_path=summary_path)  # the summary's state carries it too
+    assert load_state(summary_path).context == context
+    prompts.clear()
+    again = ask(path, questions, cfg, model=loaded)
+    assert [a.answer for a in again.answers] == [a.answer for a in read.answers]  # greedy: the same
+    assert prompts == [chat_prompt(tok, summary_ask(q, passages, names)).closing for q in questions]
+    assert (again.evidence_tokens, again.cast) == (EV_SEG // 2, 2)
+    # a smaller budget keeps the leading passages that fit it, counted again, and the first names
+    first = len(tok.encode("\n" + passages[0]))
+    prompts.clear()
+    less = ask(path, questions[:1], replace(cfg, evidence_tokens=first, cast=1), model=loaded)
+    assert prompts == [chat_prompt(tok, summary_ask(questions[0], passages[:1], names[:1])).closing]
+    assert (less.evidence_tokens, less.cast) == (first, 1)
+    prompts.clear()
+    bare = ask(path, questions[:1], replace(cfg, evidence_tokens=0, cast=0), model=loaded)
+    assert prompts == [chat_prompt(tok, questions[0]).closing] and (bare.evidence_tokens, bare.cast) == (0, 0)
+
+
+def test_the_context_keeps_the_file_size_fixed_and_an_old_file_answers_without_it(
+    loaded, tiny_model_dir, tmp_path, prompts, caplog
+) -> None:
+    tok = loaded.tokenizer
+    reader = InfiniReader(convert(loaded.model, MemoryConfig(segment_len=EV_SEG)))
+    long = replace(NAMED, chapters=NAMED.chapters * 40)
+    sizes = []
+    for name, book in (("short", NAMED), ("long", long)):
+        path = tmp_path / f"{name}.safetensors"
+        chapters = (c.text for c in book.chapters)
+        evidence = book_evidence(tok, book.text, chapters, evidence_tokens=EV_SEG // 2, cast=5)
+        save_state(reader.read(book_tokens(tok, book)[0]), path, context=evidence.context())
+        assert load_state(path).context == evidence.context()
+        sizes.append(path.stat().st_size)
+    assert sizes[0] == sizes[1]
+    # a context that cannot fit loses whole passages from the end, says so, and keeps the size
+    huge = {"passages": ["p" * 2000] * 40 + ["last"], "names": ["Mara"], "evidence_tokens": 32, "cast": 1}
+    with caplog.at_level(logging.WARNING, logger="infsum"):
+        save_state(reader.read(book_tokens(tok, NAMED)[0]), tmp_path / "huge.safetensors", context=huge)
+    back = load_state(tmp_path / "huge.safetensors").context
+    assert context_bytes(EV_SEG) == 16 * 32 + 4096  # room for two of these passages, not three
+    assert back["passages"] == ["p" * 2000] * 2 and back["names"] == ["Mara"]
+    assert (back["dropped_passages"], back["dropped_names"]) == (39, 0)
+    assert "39 passages and 0 names left out of it" in caplog.text
+    assert (tmp_path / "huge.safetensors").stat().st_size == sizes[0]
+    # a file saved before the context was kept: no evidence, and an info line says why
+    old = tmp_path / "old.safetensors"
+    save_state(reader.read(book_tokens(tok, NAMED)[0]), old, identity=identity(loaded.name, None, NAMED))
+    assert load_state(old).context == {}
+    cfg = replace(config(tiny_model_dir, **EV_CFG), memory=MemoryConfig(segment_len=EV_SEG), adapter=None)
+    with caplog.at_level(logging.INFO, logger="infsum"):
+        result = ask(old, ["Who rowed out?"], cfg, model=loaded)
+    assert prompts == [chat_prompt(tok, "Who rowed out?").closing]
+    assert (result.evidence_tokens, result.cast) == (0, 0)
+    assert f"{old}: the state holds no passages or names" in caplog.text
 
 
 def test_questions_do_not_see_each_other_and_a_state_answers_the_same(
@@ -163,13 +276,13 @@ def test_questions_do_not_see_each_other_and_a_state_answers_the_same(
     cfg = config(tiny_model_dir)
     path = tmp_path / "keeper.safetensors"
     both = ask(
-        BOOK,
+        NAMED,
         ["What did he count?", "Who rowed out?", "What did he count?"],
         cfg,
         save_state=path,
         model=loaded,
     )
-    alone = ask(BOOK, ["Who rowed out?"], cfg, model=loaded)
+    alone = ask(NAMED, ["Who rowed out?"], cfg, model=loaded)
     assert both.answers[1].answer == alone.answers[0].answer  # the state is not changed by answering
     assert both.answers[0].answer == both.answers[2].answer
     assert both.state == str(path) and is_state_file(path)

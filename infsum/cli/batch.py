@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .options import Quiet, RunOptions, run_options
+from .options import Chapters, ChapterWords, Quiet, RunOptions, note_words, run_options
 from .render import ProgressView, batch_table
 
 
@@ -19,13 +19,17 @@ def batch_command(
     refs: Annotated[Path | None, typer.Option(help="Folder of references named by book stem.")] = None,
     *,
     run: RunOptions,
+    chapters: Chapters = False,
+    chapter_words: ChapterWords = None,
     quiet: Quiet = False,
 ) -> None:
-    """Summarize every book under DIRECTORY into OUT; a rerun resumes where the last one stopped."""
+    """Summarize every book under DIRECTORY into OUT (with --chapters, a note on each chapter
+    too); a rerun resumes where the last one stopped."""
     from ..batch import run_batch
 
+    cfg = run.config(chapter_words=note_words(chapters, chapter_words))
     with ProgressView(run.segment_len, quiet) as view:
-        report = run_batch(directory, out, run.config(), refs_dir=refs, progress=view)
+        report = run_batch(directory, out, cfg, refs_dir=refs, progress=view)
     Console().print(batch_table(report))
     for o in report.failed:
         typer.secho(f"failed: {o.book}: {o.message}", fg="red", err=True)

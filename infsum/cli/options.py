@@ -38,6 +38,7 @@ from ..strategies import STRATEGIES
 from . import logs
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+CHAPTER_WORDS = 60  # --chapter-words' default
 DEFAULT_VARIANT = MemoryConfig.variant
 STRATEGY_CHOICES = tuple(STRATEGIES)  # infini, then the baselines it is measured against
 
@@ -98,6 +99,14 @@ def open_book(book: Path, input_format: str | None, password: str | None = None)
     return read_stream(click.get_binary_stream("stdin"), input_format or "txt", password=password)
 
 
+def note_words(chapters: bool, words: int | None) -> int | None:
+    """The chapter notes' length ``--chapters`` and ``--chapter-words`` ask for (None: no notes);
+    ConfigError for ``--chapter-words`` without ``--chapters``."""
+    if words is not None and not chapters:
+        raise ConfigError("--chapter-words sets the length of chapter notes: give --chapters too")
+    return (words or CHAPTER_WORDS) if chapters else None
+
+
 def output_format(fmt: str | None, json_alias: bool) -> str:
     """The ``--format`` asked for (md by default; ``--json`` is json); ConfigError when ``--json``
     and another ``--format`` are both given."""
@@ -136,11 +145,13 @@ EvidenceTokens = Annotated[
     int,
     typer.Option(
         min=0,
-        help="infini: tokens of the book's most central passages put beside the instruction; 0 = none.",
+        help="infini and ask: tokens of the book's most central passages put before the instruction "
+        "or question; 0 = none.",
     ),
 ]
 Cast = Annotated[
-    int, typer.Option(min=0, help="infini: how many of the book's most mentioned names the prompt gives.")
+    int,
+    typer.Option(min=0, help="infini and ask: how many of the book's most mentioned names the prompt gives."),
 ]
 Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
 Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
@@ -180,6 +191,12 @@ InstructionFile = Annotated[
     Path | None, typer.Option(metavar="FILE", help="Read the instruction from a UTF-8 text file.")
 ]
 Password = Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")]
+Chapters = Annotated[
+    bool, typer.Option("--chapters", help="Also a note on each chapter, written as the book streams.")
+]
+ChapterWords = Annotated[
+    int | None, typer.Option(min=1, help=f"Length of each chapter note in words [default: {CHAPTER_WORDS}].")
+]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", callback=_quiet, help="No progress or messages on stderr.")
 ]
@@ -255,7 +272,7 @@ MODEL_FIELDS = (
 )
 
 
-# ask: the model, memory and decoding options (its --words is its own: an answer is shorter)
+# ask: the model, memory, decoding and evidence options (its --words is its own: an answer is shorter)
 ASK_FIELDS = (
     "model",
     "segment_len",
@@ -266,6 +283,8 @@ ASK_FIELDS = (
     "temperature",
     "seed",
     "device",
+    "evidence_tokens",
+    "cast",
     "adapter",
     "no_adapter",
 )

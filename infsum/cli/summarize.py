@@ -8,15 +8,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError
 from .options import (
     BookArg,
+    Chapters,
+    ChapterWords,
     InputFormat,
     JsonAlias,
     OutputFormat,
     Password,
     Quiet,
     RunOptions,
+    note_words,
     open_book,
     output_format,
     run_options,
@@ -24,7 +26,6 @@ from .options import (
 from .render import ProgressView, document, rouge_table
 
 STDOUT = Path("-")
-CHAPTER_WORDS = 60  # --chapter-words' default
 
 
 @run_options()
@@ -47,12 +48,8 @@ def summarize_command(
         Path | None,
         typer.Option(metavar="FILE", help="Write from this saved state of BOOK instead of reading it again."),
     ] = None,
-    chapters: Annotated[
-        bool, typer.Option("--chapters", help="Also a note on each chapter, written as the book streams.")
-    ] = False,
-    chapter_words: Annotated[
-        int | None, typer.Option(min=1, help="Length of each chapter note in words [default: 60].")
-    ] = None,
+    chapters: Chapters = False,
+    chapter_words: ChapterWords = None,
     quiet: Quiet = False,
 ) -> None:
     """Summarize BOOK: stream it through the model and print a Markdown summary."""
@@ -62,9 +59,7 @@ def summarize_command(
 
     fmt = output_format(fmt, json_out)
     references = [read_text_file(r) for r in ref or ()]  # fail on a bad reference before the model runs
-    if chapter_words is not None and not chapters:
-        raise ConfigError("--chapter-words sets the length of chapter notes: give --chapters too")
-    cfg = run.config(password=password, chapter_words=(chapter_words or CHAPTER_WORDS) if chapters else None)
+    cfg = run.config(password=password, chapter_words=note_words(chapters, chapter_words))
     source = open_book(book, input_format, password)
     with ProgressView(run.segment_len, quiet) as view:
         result = summarize(

@@ -12,7 +12,10 @@ very same segments and gives bit-identical state and output. The reader streams 
 A state file also records what the state is of (``identity``: the model's name, the adapter's file
 name and sha256, the book's title and the sha256 of its text), in a fixed-size tensor so that the
 file's size never depends on the book; ``check_identity`` refuses a state from another model,
-adapter or book.
+adapter or book. It carries the book's ask context too (``ReaderState.context``: the central
+passages and names that close each question's user turn, ``infsum.evidence.Evidence.context``), in
+a tensor sized by the segment length alone (``context_bytes``), so a question asked of the state
+gets the evidence it would get with the book.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ STATE_FORMAT = "infsum-state/2"  # 2 added the exact-token store (and, optionall
 _OLD_FORMATS = ("infsum-state/1",)  # still read: they hold no store (exact_tokens 0)
 IDENTITY_BYTES = 8192  # the identity's JSON in UTF-8, zero-padded: the same file size for every book
 _IDENTITY_CHARS = {"model": 1024, "adapter": 256, "title": 256, "author": 256, "source": 256}
+# the ask context's JSON in UTF-8, zero-padded: per token of the largest evidence (half a segment,
+# ``evidence.evidence_budget``) four times English's 4 bytes or more than CJK's 3 per character,
+# and room for the names
+CONTEXT_BYTES_PER_TOKEN = 16
+CONTEXT_NAMES_BYTES = 4096
 log = logging.getLogger("infsum")
 
 
@@ -52,7 +60,8 @@ class ReaderState:
 
     ``pending`` is a 1-D int64 CPU tensor of fewer than ``segment_len`` ids; ``n_read`` counts every
     token read; ``segment_len``, ``update``, ``model_name``, ``variant`` and the ``exact_*`` store
-    settings say how the memory was built; ``identity`` what it was read from (``identity()``).
+    settings say how the memory was built; ``identity`` what it was read from (``identity()``),
+    ``context`` the passages and names each ask closes with (``infsum.evidence.Evidence``).
     ``recent`` holds the ids of the last segment already written into memory: generation re-reads
     the end of it locally when the pending tail is short (see ``InfiniReader.generate``).
     """
@@ -70,6 +79,8 @@ class ReaderState:
     exact_positions: str = "fixed"
     exact_sinks: int = 0
     identity: dict[str, Any] = field(default_factory=dict)  # what it is of (see ``identity``); {}: unknown
+    # the ask context (passages, names: ``evidence.Evidence.context``); {}: none saved
+    context: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store_settings(self) -> str:
@@ -394,20 +405,32 @@ def _identity_tensor(ident: dict[str, Any]) -> Tensor:
     raw = json.dumps(cut, ensure_ascii=False).encode("utf-8")
     if len(raw) > IDENTITY_BYTES:  # only with pathological names: keep what is checked
         raw = json.dumps({k: cut[k] for k in ("model", "adapter_sha256", "book_sha256") if k in cut}).encode()
-    out = torch.zeros(IDENTITY_BYTES, dtype=torch.uint8)
-    out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    return out
+    return _bytes_tensor(raw, IDENTITY_BYTES)
 
 
-def save_state(state: ReaderState, path: str | Path, *, identity: dict[str, Any] | None = None) -> None:
+def context_bytes(segment_len: int) -> int:
+    """The bytes a state file holds for its ask context: enough for the passages of the largest
+    evidence a segment of ``segment_len`` tokens allows (half of it) and the names."""
+    return CONTEXT_BYTES_PER_TOKEN * (segment_len // 2) + CONTEXT_NAMES_BYTES
+
+
+def save_state(
+    state: ReaderState,
+    path: str | Path,
+    *,
+    identity: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+) -> None:
     """Save a reader state as safetensors (+ JSON metadata), with ``identity`` (default: the
-    state's own; see ``identity()``).
+    state's own; see ``identity()``) and the ask ``context`` (default: the state's own; see
+    ``_context_tensor`` for a context too large for its slot).
 
     The file holds the memory (layers x kv heads x d_k x (d_v + 1) floats), the store in fixed
     ``exact_tokens`` slots per layer and kv head (keys, values, scores, stream indices), the
-    pending and recent ids in fixed segment_len slots and the identity in ``IDENTITY_BYTES``, so
-    its size does not depend on the book's length or title (a state whose memory is still empty, a
-    book shorter than one segment, is smaller). Pending tokens are re-run on use.
+    pending and recent ids in fixed segment_len slots, the identity in ``IDENTITY_BYTES`` and the
+    context in ``context_bytes(segment_len)``, so its size does not depend on the book's length or
+    title (a state whose memory is still empty, a book shorter than one segment, is smaller).
+    Pending tokens are re-run on use.
     """
     seg = state.segment_len
     pending = torch.zeros(seg, dtype=torch.long)
@@ -421,6 +444,9 @@ def save_state(state: ReaderState, path: str | Path, *, identity: dict[str, Any]
     ident = state.identity if identity is None else identity
     if ident:
         tensors["identity"] = _identity_tensor(ident)
+    ctx = state.context if context is None else context
+    if ctx:
+        tensors["context"] = _context_tensor(ctx, context_bytes(seg), path)
     if state.memory is not None:
         for i, (M, z) in enumerate(zip(state.memory.M, state.memory.z, strict=True)):
             tensors[f"M.{i}"] = M.detach().cpu().contiguous()
@@ -487,6 +513,7 @@ def load_state(path: str | Path) -> ReaderState:
             meta.get("exact_positions", "fixed"),
             int(meta.get("exact_sinks", "0")),
             _read_identity(tensors.get("identity")),
+            _read_context(tensors.get("context")),
         )
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"state file {path} is damaged ({e}): read the book again") from e
@@ -494,10 +521,65 @@ def load_state(path: str | Path) -> ReaderState:
 
 def _read_identity(t: Tensor | None) -> dict[str, Any]:
     """The identity saved by ``_identity_tensor`` ({} when the file has none); ValueError if damaged."""
+    return {} if t is None else _read_json(t)
+
+
+def _read_json(t: Tensor) -> dict[str, Any]:
+    """The JSON object in a zero-padded UTF-8 byte tensor; ValueError if damaged."""
+    raw = bytes(t.tolist()).rstrip(b"\0")
+    out = json.loads(raw.decode("utf-8"))
+    if not isinstance(out, dict):
+        raise ValueError("identity or context is not a JSON object")
+    return out
+
+
+def _read_context(t: Tensor | None) -> dict[str, Any]:
+    """The ask context saved by ``_context_tensor`` ({} when the file has none, as files saved
+    before it was kept); ValueError if damaged."""
     if t is None:
         return {}
-    raw = bytes(t.tolist()).rstrip(b"\0")
-    ident = json.loads(raw.decode("utf-8"))
-    if not isinstance(ident, dict):
-        raise ValueError("identity is not a JSON object")
-    return ident
+    ctx = _read_json(t)
+    for key in ("passages", "names"):
+        if not isinstance(ctx.get(key), list) or not all(isinstance(x, str) for x in ctx[key]):
+            raise ValueError(f"context {key} is not a list of strings")
+    for key in ("evidence_tokens", "cast"):
+        if not isinstance(ctx.get(key), int):
+            raise ValueError(f"context {key} is not a whole number")
+    return ctx
+
+
+def _bytes_tensor(raw: bytes, size: int) -> Tensor:
+    """``raw`` zero-padded to ``size`` bytes (it must fit)."""
+    out = torch.zeros(size, dtype=torch.uint8)
+    out[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return out
+
+
+def _context_tensor(context: dict[str, Any], size: int, path: str | Path) -> Tensor:
+    """The ask context as zero-padded UTF-8 JSON in ``size`` bytes. A context that does not fit
+    (passages of unusually many bytes per token) loses whole passages from the end (the last in
+    reading order), then names from the end, until it does; ``dropped_passages`` and
+    ``dropped_names`` record how many, and a warning names the file."""
+    ctx = dict(context)
+    passages, names = list(ctx.get("passages", ())), list(ctx.get("names", ()))
+    dropped = [0, 0]
+    while True:
+        ctx.update(passages=passages, names=names)
+        if any(dropped):
+            ctx.update(dropped_passages=dropped[0], dropped_names=dropped[1])
+        raw = json.dumps(ctx, ensure_ascii=False).encode("utf-8")
+        if len(raw) <= size or not (passages or names):
+            break
+        which = 0 if passages else 1
+        (passages if which == 0 else names).pop()
+        dropped[which] += 1
+    assert len(raw) <= size, "without passages and names a context is a few numbers"
+    if any(dropped):
+        log.warning(
+            "%s: the book's passages and names take more than the state's %d bytes for them: "
+            "%d passages and %d names left out of it",
+            path,
+            size,
+            *dropped,
+        )
+    return _bytes_tensor(raw, size)
