@@ -147,3 +147,41 @@ def test_cli_chapter_errors_exit_2(tmp_path: Path, args: list[str], message: str
     result = runner.invoke(app, [str(book), *args])
     assert result.exit_code == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_cli_batch_chapters_writes_the_notes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root, out = tmp_path / "books", tmp_path / "out"
+    root.mkdir()
+    (root / "keeper.txt").write_text(STORY, encoding="utf-8")
+    args = ["batch", str(root), "-o", str(out), "--model", str(tiny_model_dir), "--segment-len", str(SEG)]
+    result = runner.invoke(app, [*args, "--words", "5", "--chapters", "--chapter-words", "3", "-q"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((out / "keeper.summary.json").read_text(encoding="utf-8"))
+    assert [c["title"] for c in data["chapters"]] == ["CHAPTER I", "CHAPTER II"]
+    assert data["chapter_notes_by"] == "chapter"
+    md = (out / "keeper.summary.md").read_text(encoding="utf-8")
+    assert "## Chapter notes\n\n### CHAPTER I\n\n" in md and "### CHAPTER II\n\n" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--chapters", "--strategy", "textrank"],
+            "error: --chapters writes notes as the book streams through the memory: strategy 'textrank' "
+            "does not stream it; use --strategy infini\n",
+        ),
+        (
+            ["--chapter-words", "5"],
+            "error: --chapter-words sets the length of chapter notes: give --chapters too\n",
+        ),
+    ],
+)
+def test_cli_batch_chapter_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    root = tmp_path / "books"
+    root.mkdir()
+    (root / "keeper.txt").write_text(STORY, encoding="utf-8")
+    result = runner.invoke(app, ["batch", str(root), "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert result.stderr == message and result.stdout == ""
+    assert not (tmp_path / "out").exists()
