@@ -147,6 +147,7 @@ class InfiniReader:
         gen: GenerationConfig | None = None,
         stop_ids: Iterable[int] = (),
         on_token: Callable[[int], None] | None = None,
+        spared: Iterable[int] = (),
     ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
@@ -162,7 +163,9 @@ class InfiniReader:
 
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
         top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
-        look at the generated tokens only (not the book or prompt). ``on_token`` sees each token.
+        look at the generated tokens only (not the book or prompt) and leave the ``spared`` ids alone
+        (the tokens of the book's names: a name can then be written again, spelled as the book spells
+        it, where the rules would push the model to respell it). ``on_token`` sees each token.
         """
         gen = gen or GenerationConfig()
         state = self._check(state or self.empty())
@@ -192,7 +195,7 @@ class InfiniReader:
         try:
             # full segments, then one shorter one
             _, memory = self.model.forward_segments(local[:head].to(self.device)[None], memory, each=_nothing)
-            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from)
+            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from, spared)
         finally:
             self.model.train(was_training)
 
@@ -204,13 +207,15 @@ class InfiniReader:
         stop: set[int],
         on_token: Callable[[int], None] | None,
         hide_from: int | None,
+        spared: Iterable[int] = (),
     ) -> list[int]:
         """Prefill the local segment, then one token at a time, rolling into memory when it fills.
-        Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally)."""
+        Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally); the
+        ``spared`` ids escape the repetition rules."""
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
-        sampler = _Sampler(gen, self.device)
+        sampler = _Sampler(gen, self.device, spared)
         step = torch.empty((1, 1), dtype=torch.long, device=self.device)  # refilled with each token
         out: list[int] = []
         for _ in range(gen.max_new_tokens):
@@ -280,11 +285,13 @@ class _Sampler:
 
     Per token it touches only the logits of the tokens generated so far (the penalty) and of the
     banned ones, never a vocabulary-sized mask: the work is O(tokens generated), not O(vocabulary).
+    Tokens in ``spared`` are never penalised nor banned as an n-gram's end.
     """
 
-    def __init__(self, gen: GenerationConfig, device: torch.device) -> None:
+    def __init__(self, gen: GenerationConfig, device: torch.device, spared: Iterable[int] = ()) -> None:
         self.gen = gen
-        self.seen: set[int] = set()  # generated so far
+        self.spared = frozenset(spared)
+        self.seen: set[int] = set()  # generated so far, spared ones excepted
         # the same ids as a tensor, in first-seen order, for one indexed update of their logits
         self.seen_ids = torch.empty(gen.max_new_tokens, dtype=torch.long, device=device)
         self.ngrams: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
@@ -298,7 +305,7 @@ class _Sampler:
         of ``banned``. ``logits`` may be changed in place."""
         gen, n = self.gen, self.gen.no_repeat_ngram
         if out:
-            if out[-1] not in self.seen:  # at most max_new_tokens ids: seen_ids holds them all
+            if out[-1] not in self.seen and out[-1] not in self.spared:  # seen_ids holds them all
                 self.seen_ids[len(self.seen)] = out[-1]
                 self.seen.add(out[-1])
             if n > 0 and len(out) >= n:
@@ -309,7 +316,7 @@ class _Sampler:
             old = logits[ids]
             logits[ids] = torch.where(old > 0, old / p, old * p)
         if n > 0 and len(out) >= n - 1:
-            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
+            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), set()) - self.spared
             if repeats:
                 logits[list(repeats)] = float("-inf")
         if banned:
