@@ -368,7 +368,7 @@ def test_the_trimmed_decode_loop_gives_the_previous_loops_tokens(reader, gen):
         assert len(want) >= 10 or stop_ids
 
 
-def test_spared_tokens_escape_the_repetition_penalty_and_the_ngram_ban():
+def test_a_spared_sequence_continues_past_the_repetition_penalty_and_the_ngram_ban():
     from infsum.engine.stream import _Sampler
 
     gen = GenerationConfig(max_new_tokens=8, repetition_penalty=2.0, no_repeat_ngram=2)
@@ -380,8 +380,11 @@ def test_spared_tokens_escape_the_repetition_penalty_and_the_ngram_ban():
         return choice
 
     # after 3, 5, 3: token 5 is penalised (2.9 -> 1.45) and banned (the bigram 3 -> 5 was written),
-    # 3 is penalised (3.0 -> 1.5) and wins; spared, 5 keeps its 2.9 and may follow 3 again
+    # 3 is penalised (3.0 -> 1.5) and wins
     assert last_choice(_Sampler(gen, cpu), [3, 5, 3]) == 3
-    assert last_choice(_Sampler(gen, cpu, spared={5}), [3, 5, 3]) == 5
-    # a spared 5 still counts in the n-grams of other tokens: 5 -> 3 stays banned
-    assert last_choice(_Sampler(gen, cpu, spared={5}), [5, 3, 5]) != 3
+    # with the name (3, 5) spared, 5 keeps its 2.9 after a 3 and may follow it again
+    assert last_choice(_Sampler(gen, cpu, spared=[(3, 5)]), [3, 5, 3]) == 5
+    # only as the name's continuation: after a 1 the written 5 is penalised (1.45, below 3's 1.5);
+    # and a name's first token (5 of the name (5, 3)) is penalised as any other
+    assert last_choice(_Sampler(gen, cpu, spared=[(3, 5)]), [3, 5, 1]) == 3
+    assert last_choice(_Sampler(gen, cpu, spared=[(5, 3)]), [3, 5, 1]) == 3

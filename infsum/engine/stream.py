@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,7 +147,7 @@ class InfiniReader:
         gen: GenerationConfig | None = None,
         stop_ids: Iterable[int] = (),
         on_token: Callable[[int], None] | None = None,
-        spared: Iterable[int] = (),
+        spared: Iterable[Sequence[int]] = (),
     ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
@@ -163,9 +163,11 @@ class InfiniReader:
 
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
         top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
-        look at the generated tokens only (not the book or prompt) and leave the ``spared`` ids alone
-        (the tokens of the book's names: a name can then be written again, spelled as the book spells
-        it, where the rules would push the model to respell it). ``on_token`` sees each token.
+        look at the generated tokens only (not the book or prompt) and spare the rest of a ``spared``
+        sequence once its first token is written (the book's names, as token ids: a name can then be
+        written again in full, spelled as the book spells it, where the rules would push the model to
+        respell it; its first token is penalised as any other, so names are not repeated more for
+        it). ``on_token`` sees each token.
         """
         gen = gen or GenerationConfig()
         state = self._check(state or self.empty())
@@ -207,11 +209,11 @@ class InfiniReader:
         stop: set[int],
         on_token: Callable[[int], None] | None,
         hide_from: int | None,
-        spared: Iterable[int] = (),
+        spared: Iterable[Sequence[int]] = (),
     ) -> list[int]:
         """Prefill the local segment, then one token at a time, rolling into memory when it fills.
         Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally); the
-        ``spared`` ids escape the repetition rules."""
+        ``spared`` sequences' continuations escape the repetition rules."""
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
@@ -285,13 +287,21 @@ class _Sampler:
 
     Per token it touches only the logits of the tokens generated so far (the penalty) and of the
     banned ones, never a vocabulary-sized mask: the work is O(tokens generated), not O(vocabulary).
-    Tokens in ``spared`` are never penalised nor banned as an n-gram's end.
+    After the start of a ``spared`` sequence, its next token is neither penalised nor banned as an
+    n-gram's end.
     """
 
-    def __init__(self, gen: GenerationConfig, device: torch.device, spared: Iterable[int] = ()) -> None:
+    def __init__(
+        self, gen: GenerationConfig, device: torch.device, spared: Iterable[Sequence[int]] = ()
+    ) -> None:
         self.gen = gen
-        self.spared = frozenset(spared)
-        self.seen: set[int] = set()  # generated so far, spared ones excepted
+        # a spared sequence's proper prefixes -> the tokens that continue them
+        self.continues: dict[tuple[int, ...], set[int]] = {}
+        for seq in spared:
+            for k in range(1, len(seq)):
+                self.continues.setdefault(tuple(seq[:k]), set()).add(seq[k])
+        self.longest = max(map(len, self.continues), default=0)
+        self.seen: set[int] = set()  # generated so far
         # the same ids as a tensor, in first-seen order, for one indexed update of their logits
         self.seen_ids = torch.empty(gen.max_new_tokens, dtype=torch.long, device=device)
         self.ngrams: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
@@ -305,18 +315,22 @@ class _Sampler:
         of ``banned``. ``logits`` may be changed in place."""
         gen, n = self.gen, self.gen.no_repeat_ngram
         if out:
-            if out[-1] not in self.seen and out[-1] not in self.spared:  # seen_ids holds them all
+            if out[-1] not in self.seen:  # at most max_new_tokens ids: seen_ids holds them all
                 self.seen_ids[len(self.seen)] = out[-1]
                 self.seen.add(out[-1])
             if n > 0 and len(out) >= n:
                 self.ngrams.setdefault(tuple(out[-n:-1]), set()).add(out[-1])
         logits = logits.float()  # a no-op for float32 logits
+        free = self._continuations(out)
+        kept = logits[list(free)].clone() if free else None
         if gen.repetition_penalty != 1.0 and self.seen:  # CTRL-style: shrink the logits of repeated tokens
             p, ids = gen.repetition_penalty, self.seen_ids[: len(self.seen)]
             old = logits[ids]
             logits[ids] = torch.where(old > 0, old / p, old * p)
+        if kept is not None:
+            logits[list(free)] = kept
         if n > 0 and len(out) >= n - 1:
-            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), set()) - self.spared
+            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), set()) - free
             if repeats:
                 logits[list(repeats)] = float("-inf")
         if banned:
@@ -328,6 +342,13 @@ class _Sampler:
         drop = sorted_p.cumsum(-1) - sorted_p > gen.top_p  # keep the smallest set reaching top_p
         sorted_p[drop] = 0.0
         return int(order[torch.multinomial(sorted_p, 1, generator=self.rng)])
+
+    def _continuations(self, out: list[int]) -> set[int]:
+        """The tokens that continue a spared sequence whose start ``out`` ends with."""
+        free: set[int] = set()
+        for k in range(1, min(self.longest, len(out)) + 1):
+            free |= self.continues.get(tuple(out[-k:]), set())
+        return free
 
 
 def identity(model: str, adapter: Path | None, book: Book | None = None) -> dict[str, Any]:
