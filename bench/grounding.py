@@ -10,7 +10,8 @@ Usage (from the repository root):
 A variant is ``plain``, ``evidence-N`` (N tokens of the book's central passages in the final
 prompt), ``cast-K`` (the K main characters named) or ``evidence-N-castK``, optionally followed by
 decoding overrides ``+rp1.05`` (repetition penalty), ``+ng0`` (no-repeat n-gram size), ``+t0.7``
-(temperature, seed 0). ``lead`` and ``textrank`` rows are added (they need no model), so the
+(temperature, seed 0), ``+sn20`` (the tokens of the book's 20 most mentioned names spared by the
+repetition rules). ``lead`` and ``textrank`` rows are added (they need no model), so the
 output's paired table compares every variant with TextRank. Rows are stored per (variant, item)
 under ``RUN_DIR/items`` in ``bench/quality.py``'s format (a rerun resumes); ``table.md``,
 ``versus.md`` and JSON beside them. Data: ``bench/quality.py``'s layouts (squality-dev, books, or a
@@ -38,13 +39,14 @@ from bench.quality import (
     write_outputs,
 )
 from infsum.config import GenerationConfig, SummarizeConfig
-from infsum.names import characters, unsupported_names
-from infsum.prompt import INSTRUCTION, book_tokens, trim_to_sentence
+from infsum.names import TOP, characters, unsupported_names
+from infsum.prompt import INSTRUCTION, book_tokens, trim_to_sentence, trim_to_words
 from infsum.readers import load_book
 from infsum.scoring import score
 
 _VARIANT = re.compile(r"^(plain|evidence-(\d+)(?:-cast(\d+))?|cast-(\d+))((?:\+[a-z]+[0-9.]+)*)$")
-_OVERRIDES = {"rp": "repetition_penalty", "ng": "no_repeat_ngram", "t": "temperature"}
+_OVERRIDES = {"rp": "repetition_penalty", "ng": "no_repeat_ngram", "t": "temperature", "sn": "spare_names"}
+_INTS = {"no_repeat_ngram", "spare_names"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,9 @@ def parse_variant(name: str, base: GenerationConfig) -> Variant:
     """``evidence-1024-cast5+rp1.05`` -> Variant; SystemExit naming the grammar when it does not parse."""
     m = _VARIANT.match(name)
     if not m:
-        sys.exit(f"variant {name!r}: use plain, evidence-N, cast-K or evidence-N-castK, then +rpX +ngN +tX")
+        sys.exit(
+            f"variant {name!r}: use plain, evidence-N, cast-K or evidence-N-castK, then +rpX +ngN +tX +snN"
+        )
     evidence = int(m.group(2) or 0)
     cast = int(m.group(3) or m.group(4) or 0)
     gen = base
@@ -69,15 +73,18 @@ def parse_variant(name: str, base: GenerationConfig) -> Variant:
         if key not in _OVERRIDES:
             sys.exit(f"variant {name!r}: unknown override +{key} (use {', '.join(_OVERRIDES)})")
         field = _OVERRIDES[key]
-        gen = replace(gen, **{field: int(value) if field == "no_repeat_ngram" else float(value)})
+        gen = replace(gen, **{field: int(value) if field in _INTS else float(value)})
         if field == "temperature":
             gen = replace(gen, seed=0)
     return Variant(name, evidence, cast, gen)
 
 
-def run_item(variants: Sequence[Variant], item: Item, run_dir: Path, summarizer) -> list[dict]:
-    """Stream ``item`` once and write every pending variant's summary; returns the new rows."""
-    from infsum.engine import InfiniReader
+def run_item(
+    variants: Sequence[Variant], item: Item, run_dir: Path, summarizer, state_dir: Path | None = None
+) -> list[dict]:
+    """Stream ``item`` once and write every pending variant's summary (and, with ``state_dir``, save
+    the state there as ``ITEM.safetensors``); returns the new rows."""
+    from infsum.engine import InfiniReader, save_state
     from infsum.evidence import central_passages, summary_ask
     from infsum.progress import ignore
     from infsum.strategies import answer
@@ -95,14 +102,21 @@ def run_item(variants: Sequence[Variant], item: Item, run_dir: Path, summarizer)
     ids, _starts = book_tokens(tok, book)
     state = reader.read(ids)
     stream_s = time.perf_counter() - t0
-    cast = characters(c.text for c in book.chapters)
+    state_bytes = None
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        save_state(state, state_dir / f"{item.id}.safetensors")
+        state_bytes = (state_dir / f"{item.id}.safetensors").stat().st_size
+        print(f"state of {item.id}: {len(ids):,} tokens, {state_bytes:,} bytes", flush=True)
+    top = max(TOP, *(v.cast for v in todo), *(v.generation.spare_names for v in todo))
+    names = characters((c.text for c in book.chapters), top=top)
     rows = []
     for v in todo:
         t0 = time.perf_counter()
         passages = central_passages(book.text, tok, v.evidence_tokens)
-        ask = summary_ask(INSTRUCTION.format(words=words), passages, cast[: v.cast])
-        text, gen = answer(reader, state, tok, ask, words, v.generation)
-        summary = trim_to_sentence(text)
+        ask = summary_ask(INSTRUCTION.format(words=words), passages, names[: v.cast])
+        text, gen = answer(reader, state, tok, ask, words, v.generation, names=names)
+        summary = trim_to_words(trim_to_sentence(text), words)  # as the pipeline trims it
         row = {
             "strategy": v.name,
             "item": item.id,
@@ -118,6 +132,8 @@ def run_item(variants: Sequence[Variant], item: Item, run_dir: Path, summarizer)
             "evidence_tokens": v.evidence_tokens,
             "cast": v.cast,
             "generation": {k: getattr(gen, k) for k in _OVERRIDES.values()},
+            "tokens": len(ids),
+            "state_bytes": state_bytes,
             "summary": summary,
         }
         write_json_atomic(item_path(run_dir, v.name, item), row)
@@ -169,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--items", default="", help="comma-separated item ids, in this order")
     p.add_argument("--run-dir", type=Path, required=True, help="resumable output directory")
     p.add_argument("--report-only", action="store_true", help="tabulate stored rows, run nothing")
+    p.add_argument("--state-dir", type=Path, default=None, help="save each item's state here")
     args = p.parse_args(argv)
     base = SummarizeConfig()
     variants = [parse_variant(v.strip(), base.generation) for v in args.variants.split(",") if v.strip()]
@@ -177,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         for item in items:
             extractive_rows(item, args.run_dir)
-            run_item(variants, item, args.run_dir, summarizer)
+            run_item(variants, item, args.run_dir, summarizer, args.state_dir)
     names = ["lead", "textrank", *(v.name for v in variants)]
     rows = [
         json.loads(item_path(args.run_dir, n, i).read_text())

@@ -141,16 +141,17 @@ class PeakRSS:
         return self.peak / 2**20
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("default", "auto", "float32", "bfloat16", "float16")  # default: infsum's, as load_model(dtype=None)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to load and where: name (None = infsum's default), device, dtype (or ``auto``)."""
+    """Which model to load and where: name (None = infsum's default), device, dtype (``default``:
+    infsum's; ``auto``: as ``--dtype auto``)."""
 
     name: str | None = None
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "default"
 
 
 class Runner:
@@ -167,7 +168,7 @@ class Runner:
 
             from infsum.models import load_model
 
-            dtype = None if self.spec.dtype == "auto" else getattr(torch, self.spec.dtype)
+            dtype = {"default": None, "auto": "auto"}.get(self.spec.dtype) or getattr(torch, self.spec.dtype)
             self._loaded = load_model(self.spec.name, device=self.spec.device, dtype=dtype)
         return self._loaded
 
@@ -533,7 +534,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model name, directory or .gguf (default: infsum's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument(
-        "--dtype", default="auto", choices=DTYPES, help="model dtype (auto: float32, bfloat16 on CUDA)"
+        "--dtype",
+        default="default",
+        choices=DTYPES,
+        help="model dtype (default: infsum's, float32 on CPU and bfloat16 on CUDA; auto: as --dtype auto)",
     )
     p.add_argument("--workers", type=int, default=1, help="processes running pairs in parallel")
     p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")

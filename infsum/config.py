@@ -82,6 +82,9 @@ class GenerationConfig:
     top_p: float = 0.95
     repetition_penalty: float = 1.15  # small models loop without it (see docs/baselines)
     no_repeat_ngram: int = 4  # ban repeating any 4-gram already generated; 0 disables
+    # the book's most mentioned names whose tokens the two rules above leave alone, so that a name
+    # is written again as the book spells it (infini; docs/grounding.md); 0 = none
+    spare_names: int = 0
     seed: int | None = None
 
 
@@ -128,7 +131,11 @@ class SummarizeConfig:
                     f"the instruction has {len(self.instruction):,} characters, over {bound:,}: shorten it "
                     f"or {limits.raise_hint('MAX_INSTRUCTION_CHARS', len(self.instruction))}"
                 )
-        for option, value in (("--evidence-tokens", self.evidence_tokens), ("--cast", self.cast)):
+        for option, value in (
+            ("--evidence-tokens", self.evidence_tokens),
+            ("--cast", self.cast),
+            ("--spare-names", self.generation.spare_names),
+        ):
             if value < 0:
                 raise ConfigError(f"{option} {value} is negative: use 0 (none) or more")
         if self.dtype is not None and self.dtype not in DTYPES:

@@ -37,6 +37,13 @@ def central_passages(text: str, tok: Tokenizer, budget_tokens: int) -> list[str]
     return central_sentences(text, budget_tokens, length=lambda s: len(tok.encode("\n" + s))) or []
 
 
+def name_tokens(tok: Tokenizer, names: Iterable[str]) -> list[tuple[int, ...]]:
+    """``names`` as the model writes them, mid-sentence (" Kayle") and at a line's start ("Kayle"),
+    as token ids: the sequences whose continuations the repetition rules spare
+    (``GenerationConfig.spare_names``)."""
+    return [tuple(tok.encode(form)) for name in names for form in (" " + name, name)]
+
+
 def summary_ask(instruction: str, passages: Sequence[str] = (), cast: Sequence[str] = ()) -> str:
     """The ask that closes the user turn after the book: the passages (one per line, under a
     header), the main characters, then the instruction; only the instruction when both are empty."""

@@ -87,13 +87,23 @@ def unsupported_names(summary: str, book_text: str) -> list[str]:
     ``book_text``, in any case, in order of first appearance: names the summary invented. A word
     capitalised only where a sentence starts ("Meanwhile", "Overwhelmed") is not taken for a name; a
     name the book has only inside a longer word ("Jordan's", "Non-P") is one it mentions, and a
-    typographic apostrophe is the same as a straight one."""
+    typographic apostrophe is the same as a straight one. A compound ("Earth-like", "Tom-and-Ada")
+    is the book's when its capitalised parts are: only they can be names."""
     known: set[str] = set()
     for word in _WORD.findall(book_text.translate(_APOSTROPHES).lower()):
         known.add(word)
         known.update(_JOINER.split(word))  # "Jordan's", "Non-P": the book mentions Jordan and Non
     out: list[str] = []
     for word in mid_sentence_names(summary.translate(_APOSTROPHES)):
-        if word.lower() not in known and word not in out:
+        if not _mentioned(word, known) and word not in out:
             out.append(word)
     return out
+
+
+def _mentioned(word: str, known: set[str]) -> bool:
+    """Whether the book (its words and their parts, lowercased: ``known``) mentions ``word``, whole
+    or, for a compound, in each capitalised part."""
+    if word.lower() in known:
+        return True
+    parts = _JOINER.split(word)
+    return len(parts) > 1 and all(p.lower() in known for p in parts if p[:1].isupper())

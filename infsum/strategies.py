@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import GenerationConfig
 from .errors import ConfigError
+from .names import characters
 from .progress import Counter, Progress, Step, ignore
 from .prompt import (
     CHAPTER_INSTRUCTION,
@@ -159,7 +160,9 @@ def infini(job: Job) -> Draft:
     def count(n: int) -> None:
         job.progress(Step("generate", n, budget))
 
-    text, gen = answer(reader, state, tok, ask, job.words, job.generation, count)
+    spare = job.generation.spare_names
+    names = characters((c.text for c in job.book.chapters), top=spare) if spare else ()
+    text, gen = answer(reader, state, tok, ask, job.words, job.generation, count, names)
     return Draft(
         text,
         tokens=len(ids),
@@ -183,10 +186,15 @@ def answer(
     words: int,
     generation: GenerationConfig,
     on_count: Callable[[int], None] | None = None,
+    names: Sequence[str] = (),
 ) -> tuple[str, GenerationConfig]:
     """The model's answer of about ``words`` words to ``ask``, closing the user turn whose opening
     and body ``state`` has read (the state is not changed: one read serves any number of asks) ->
-    (the text, the decoding settings used). ``on_count`` sees the number of tokens generated."""
+    (the text, the decoding settings used). ``on_count`` sees the number of tokens generated; the
+    tokens of the first ``generation.spare_names`` of ``names`` (the book's, most mentioned first)
+    are spared by the repetition rules."""
+    from .evidence import name_tokens
+
     budget = max_new_tokens(words)
     gen = replace(generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
     out: list[int] = []
@@ -196,7 +204,8 @@ def answer(
         if on_count is not None:
             on_count(len(out))
 
-    reader.generate(state, chat_prompt(tok, ask).closing, gen, tok.eos_ids, on_token=on_token)
+    spared = name_tokens(tok, names[: gen.spare_names])
+    reader.generate(state, chat_prompt(tok, ask).closing, gen, tok.eos_ids, on_token=on_token, spared=spared)
     return tok.decode(out, skip_special=True), gen
 
 

@@ -439,6 +439,7 @@ def make_card(
             "update": cfg.update,
             "gate_init": cfg.gate_init,
             "variant": cfg.variant,
+            "exact_tokens": cfg.exact_tokens,  # the store it was trained beside (0: none)
         },
         "lora": lora_settings(model.hf),
         "full_finetune": cfg.full_finetune,

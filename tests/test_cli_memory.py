@@ -71,10 +71,13 @@ def _train(tiny_model_dir: Path, corpus: Path, out: Path, *args: str):
 
 def test_train_json_is_the_adapter_card(tiny_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "a.safetensors"
-    result = _train(tiny_model_dir, corpus, out, "--memory-variant", "l2", "--json", "-q")
+    result = _train(
+        tiny_model_dir, corpus, out, "--memory-variant", "l2", "--exact-tokens", "8", "--json", "-q"
+    )
     assert result.exit_code == 0, result.stderr
     card = json.loads(result.stdout)
     assert card["steps"] == 1 and card["memory"]["variant"] == "l2" and card["memory"]["segment_len"] == 16
+    assert card["memory"]["exact_tokens"] == 8
     assert card["data"]["corpus"] == ["keeper.txt"] and card["data"]["mix"]["lm"] == 1.0
     assert out.is_file()
     assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == card

@@ -98,3 +98,12 @@ def test_negative_evidence_is_a_config_error() -> None:
         SummarizeConfig(evidence_tokens=-1)
     with pytest.raises(ConfigError, match=r"^--cast -2 is negative"):
         SummarizeConfig(cast=-2)
+
+
+def test_name_tokens_cover_a_name_mid_sentence_and_at_a_line_start(loaded) -> None:
+    from infsum.evidence import name_tokens
+
+    tok = loaded.tokenizer
+    forms = [" Kayle", "Kayle", " Nagurski", "Nagurski"]
+    assert name_tokens(tok, ["Kayle", "Nagurski"]) == [tuple(tok.encode(f)) for f in forms]
+    assert name_tokens(tok, []) == []

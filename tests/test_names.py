@@ -54,6 +54,13 @@ def test_names_the_book_has_only_in_longer_words_or_with_curly_apostrophes_are_n
     assert unsupported_names("Then Tr'en left with Jordan.", "Tr\u2019en met Jordan-Smith.") == []
 
 
+def test_a_compound_is_the_books_when_its_capitalised_parts_are() -> None:
+    book = "Stark watched the Earth rise, and Hawwah said nothing."
+    summary = "Then an Earth-like world, a Stark-Hawwah pact, a Stark-Kayl feud and Kayl'd left."
+    # "like" needs no check (only capitalised parts can be names); "Kayl" is in no book word
+    assert unsupported_names(summary, book) == ["Stark-Kayl", "Kayl'd"]
+
+
 @pytest.fixture
 def story(tmp_path: Path) -> Path:
     path = tmp_path / "lighthouse.txt"

@@ -331,7 +331,8 @@ class _PreviousSampler:
 class _PreviousReader(InfiniReader):
     """InfiniReader with the decode loop as it was before issue 14 (a new step tensor per token)."""
 
-    def _decode_loop(self, local, memory, gen, stop, on_token, hide_from):
+    def _decode_loop(self, local, memory, gen, stop, on_token, hide_from, spared=()):
+        assert not spared  # the previous loop had no spared tokens
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local[None], memory, cache)[0]
@@ -365,3 +366,25 @@ def test_the_trimmed_decode_loop_gives_the_previous_loops_tokens(reader, gen):
         want = previous.generate(state, prompt, gen, stop_ids)
         assert reader.generate(state, prompt, gen, stop_ids) == want
         assert len(want) >= 10 or stop_ids
+
+
+def test_a_spared_sequence_continues_past_the_repetition_penalty_and_the_ngram_ban():
+    from infsum.engine.stream import _Sampler
+
+    gen = GenerationConfig(max_new_tokens=8, repetition_penalty=2.0, no_repeat_ngram=2)
+    cpu = torch.device("cpu")
+
+    def last_choice(sampler: _Sampler, out: list[int]) -> int:
+        for i in range(len(out) + 1):  # one call per step, as the decode loop makes them
+            choice = sampler.choose(torch.tensor([0.0, 1.0, 1.0, 3.0, 1.0, 2.9, 0.0]), out[:i])
+        return choice
+
+    # after 3, 5, 3: token 5 is penalised (2.9 -> 1.45) and banned (the bigram 3 -> 5 was written),
+    # 3 is penalised (3.0 -> 1.5) and wins
+    assert last_choice(_Sampler(gen, cpu), [3, 5, 3]) == 3
+    # with the name (3, 5) spared, 5 keeps its 2.9 after a 3 and may follow it again
+    assert last_choice(_Sampler(gen, cpu, spared=[(3, 5)]), [3, 5, 3]) == 5
+    # only as the name's continuation: after a 1 the written 5 is penalised (1.45, below 3's 1.5);
+    # and a name's first token (5 of the name (5, 3)) is penalised as any other
+    assert last_choice(_Sampler(gen, cpu, spared=[(3, 5)]), [3, 5, 1]) == 3
+    assert last_choice(_Sampler(gen, cpu, spared=[(5, 3)]), [3, 5, 1]) == 3

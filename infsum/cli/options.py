@@ -153,6 +153,15 @@ Cast = Annotated[
     int,
     typer.Option(min=0, help="infini and ask: how many of the book's most mentioned names the prompt gives."),
 ]
+SpareNames = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        metavar="N",
+        help="infini: the repetition rules spare the book's N most mentioned names, so a name is "
+        "written again as the book spells it; 0 = none.",
+    ),
+]
 Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
 Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
 MemoryVariant = Annotated[
@@ -221,6 +230,7 @@ class RunOptions:
     strategy: Strategy = "infini"
     evidence_tokens: EvidenceTokens = SummarizeConfig.evidence_tokens
     cast: Cast = SummarizeConfig.cast
+    spare_names: SpareNames = GenerationConfig.spare_names
     adapter: Adapter = None
     no_adapter: NoAdapter = False
     instruction: Instruction = None
@@ -250,7 +260,9 @@ class RunOptions:
                 variant=self.memory_variant,
                 exact_tokens=self.exact_tokens,
             ),
-            generation=GenerationConfig(temperature=self.temperature, seed=self.seed),
+            generation=GenerationConfig(
+                temperature=self.temperature, seed=self.seed, spare_names=self.spare_names
+            ),
             password=password,
             instruction=instruction,
             chapter_words=chapter_words,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +158,7 @@ class InfiniReader:
         gen: GenerationConfig | None = None,
         stop_ids: Iterable[int] = (),
         on_token: Callable[[int], None] | None = None,
+        spared: Iterable[Sequence[int]] = (),
     ) -> list[int]:
         """Generate after the state's memory: pending tokens + prompt start the local segment.
 
@@ -173,7 +174,11 @@ class InfiniReader:
 
         Returns the new token ids (stop id excluded). Greedy at temperature 0, else temperature and
         top-p sampling (seeded by ``gen.seed``). The repetition penalty and the no-repeat n-gram ban
-        look at the generated tokens only (not the book or prompt). ``on_token`` sees each token.
+        look at the generated tokens only (not the book or prompt) and spare the rest of a ``spared``
+        sequence once its first token is written (the book's names, as token ids: a name can then be
+        written again in full, spelled as the book spells it, where the rules would push the model to
+        respell it; its first token is penalised as any other, so names are not repeated more for
+        it). ``on_token`` sees each token.
         """
         gen = gen or GenerationConfig()
         state = self._check(state or self.empty())
@@ -203,7 +208,7 @@ class InfiniReader:
         try:
             # full segments, then one shorter one
             _, memory = self.model.forward_segments(local[:head].to(self.device)[None], memory, each=_nothing)
-            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from)
+            return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from, spared)
         finally:
             self.model.train(was_training)
 
@@ -215,13 +220,15 @@ class InfiniReader:
         stop: set[int],
         on_token: Callable[[int], None] | None,
         hide_from: int | None,
+        spared: Iterable[Sequence[int]] = (),
     ) -> list[int]:
         """Prefill the local segment, then one token at a time, rolling into memory when it fills.
-        Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally)."""
+        Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally); the
+        ``spared`` sequences' continuations escape the repetition rules."""
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
-        sampler = _Sampler(gen, self.device)
+        sampler = _Sampler(gen, self.device, spared)
         step = torch.empty((1, 1), dtype=torch.long, device=self.device)  # refilled with each token
         out: list[int] = []
         for _ in range(gen.max_new_tokens):
@@ -291,10 +298,20 @@ class _Sampler:
 
     Per token it touches only the logits of the tokens generated so far (the penalty) and of the
     banned ones, never a vocabulary-sized mask: the work is O(tokens generated), not O(vocabulary).
+    After the start of a ``spared`` sequence, its next token is neither penalised nor banned as an
+    n-gram's end.
     """
 
-    def __init__(self, gen: GenerationConfig, device: torch.device) -> None:
+    def __init__(
+        self, gen: GenerationConfig, device: torch.device, spared: Iterable[Sequence[int]] = ()
+    ) -> None:
         self.gen = gen
+        # a spared sequence's proper prefixes -> the tokens that continue them
+        self.continues: dict[tuple[int, ...], set[int]] = {}
+        for seq in spared:
+            for k in range(1, len(seq)):
+                self.continues.setdefault(tuple(seq[:k]), set()).add(seq[k])
+        self.longest = max(map(len, self.continues), default=0)
         self.seen: set[int] = set()  # generated so far
         # the same ids as a tensor, in first-seen order, for one indexed update of their logits
         self.seen_ids = torch.empty(gen.max_new_tokens, dtype=torch.long, device=device)
@@ -315,12 +332,16 @@ class _Sampler:
             if n > 0 and len(out) >= n:
                 self.ngrams.setdefault(tuple(out[-n:-1]), set()).add(out[-1])
         logits = logits.float()  # a no-op for float32 logits
+        free = self._continuations(out)
+        kept = logits[list(free)].clone() if free else None
         if gen.repetition_penalty != 1.0 and self.seen:  # CTRL-style: shrink the logits of repeated tokens
             p, ids = gen.repetition_penalty, self.seen_ids[: len(self.seen)]
             old = logits[ids]
             logits[ids] = torch.where(old > 0, old / p, old * p)
+        if kept is not None:
+            logits[list(free)] = kept
         if n > 0 and len(out) >= n - 1:
-            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), ())
+            repeats = self.ngrams.get(tuple(out[len(out) - n + 1 :]), set()) - free
             if repeats:
                 logits[list(repeats)] = float("-inf")
         if banned:
@@ -332,6 +353,13 @@ class _Sampler:
         drop = sorted_p.cumsum(-1) - sorted_p > gen.top_p  # keep the smallest set reaching top_p
         sorted_p[drop] = 0.0
         return int(order[torch.multinomial(sorted_p, 1, generator=self.rng)])
+
+    def _continuations(self, out: list[int]) -> set[int]:
+        """The tokens that continue a spared sequence whose start ``out`` ends with."""
+        free: set[int] = set()
+        for k in range(1, min(self.longest, len(out)) + 1):
+            free |= self.continues.get(tuple(out[-k:]), set())
+        return free
 
 
 def identity(model: str, adapter: Path | None, book: Book | None = None) -> dict[str, Any]:
