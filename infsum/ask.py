@@ -124,7 +124,7 @@ def ask(
     """
     from .engine import InfiniReader, check_identity, identity, load_state
     from .engine import save_state as write_state
-    from .evidence import Evidence, book_evidence, evidence_budget
+    from .evidence import Evidence, book_evidence, evidence_budget, name_tokens
     from .pipeline import Summarizer
 
     cfg = cfg or SummarizeConfig()
@@ -181,12 +181,14 @@ def ask(
         seconds["stream"] = time.perf_counter() - t0
         title = book.title
     gen = replace(cfg.generation, max_new_tokens=max_new_tokens(cfg.words), min_new_tokens=0)
+    spared = name_tokens(tok, evidence.names[: gen.spare_names])  # the names a question is asked with
     answers = []
     t_all = time.perf_counter()
     for i, question in enumerate(questions):
         report(Step("answer", i, len(questions), question))
         t0 = time.perf_counter()
-        out = reader.generate(state, chat_prompt(tok, evidence.ask(question)).closing, gen, tok.eos_ids)
+        closing = chat_prompt(tok, evidence.ask(question)).closing
+        out = reader.generate(state, closing, gen, tok.eos_ids, spared=spared)
         text = trim_to_sentence(tok.decode(out, skip_special=True))
         answers.append(Answer(question, text, len(out), round(time.perf_counter() - t0, 3)))
     report(Step("answer", len(questions), len(questions)))

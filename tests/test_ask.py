@@ -26,7 +26,7 @@ from infsum.engine import (
 )
 from infsum.engine.stream import IDENTITY_BYTES, context_bytes
 from infsum.errors import CheckpointError, ConfigError
-from infsum.evidence import book_evidence, central_passages, summary_ask
+from infsum.evidence import book_evidence, central_passages, name_tokens, summary_ask
 from infsum.models import load_model
 from infsum.names import characters
 from infsum.pipeline import summarize
@@ -198,6 +198,27 @@ def test_each_question_closes_after_the_books_passages_and_names(loaded, tiny_mo
     assert prompts == [chat_prompt(tok, summary_ask(q, passages, names)).closing for q in questions]
     assert passages[0] in tok.decode(prompts[0])
     assert (result.evidence_tokens, result.cast) == (EV_SEG // 2, 2)  # the cap: half a segment
+
+
+def test_an_answer_spares_the_names_it_is_asked_with(loaded, tiny_model_dir, monkeypatch) -> None:
+    spared: list[list[tuple[int, ...]]] = []
+    generate = InfiniReader.generate
+
+    def recording(self, state, prompt_ids, *args, **kwargs):
+        spared.append(list(kwargs.get("spared", ())))
+        return generate(self, state, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(InfiniReader, "generate", recording)
+    cfg = replace(config(tiny_model_dir, **EV_CFG), memory=MemoryConfig(segment_len=EV_SEG))
+    for n in (0, 1):
+        ask(
+            NAMED,
+            ["Who rowed out?"],
+            replace(cfg, generation=replace(cfg.generation, spare_names=n)),
+            model=loaded,
+        )
+    names = characters(c.text for c in NAMED.chapters)[:1]
+    assert spared == [[], name_tokens(loaded.tokenizer, names)]
 
 
 # ---------------------------------------------------------------- the state's ask context
