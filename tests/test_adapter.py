@@ -162,3 +162,33 @@ def test_an_adapter_loads_under_any_segment_length(loaded, tiny_model_dir: Path,
     path = _trained_adapter(tiny_model_dir, tmp_path / "a.safetensors", lora=False)
     built = ready(loaded, replace(MemoryConfig(SEG), segment_len=SEG * 4), path)
     assert built.model.cfg.segment_len == SEG * 4 and built.adapter == path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_in_inference_uses_one_merged_weight_that_follows_the_adapter(dtype: torch.dtype) -> None:
+    """Without gradients in eval mode a LoRA linear gives W x + s B A x with one product (W + s B A) x,
+    rebuilt when A, B or W change in place; training mode keeps the separate, differentiable path."""
+    torch.manual_seed(0)
+    lin = LoRALinear(torch.nn.Linear(12, 10).to(dtype), rank=3, alpha=6.0)
+    with torch.no_grad():
+        lin.lora_B.normal_()
+    x = torch.randn(5, 12).to(dtype)
+
+    def reference() -> torch.Tensor:
+        w = lin.base.weight.float() + lin.scale * lin.lora_B.float() @ lin.lora_A.float()
+        return x.float() @ w.T + lin.base.bias.float()
+
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    lin.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x).float(), reference(), **tol)
+    assert lin._merged is not None
+    with torch.no_grad():
+        lin.lora_B.mul_(-2.0)  # an optimizer step or a loaded adapter: the merged weight follows
+        torch.testing.assert_close(lin(x).float(), reference(), **tol)
+        lin.base.weight.add_(1.0)
+        torch.testing.assert_close(lin(x).float(), reference(), **tol)
+    lin.train()
+    y = lin(x)
+    assert y.requires_grad  # training never takes the merged weight
+    torch.testing.assert_close(y.detach().float(), reference(), **tol)

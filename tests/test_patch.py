@@ -275,3 +275,19 @@ def test_forward_segments_keeps_what_each_returns_and_skips_the_lm_head_when_ask
         _, s2 = model(ids[:, 16:32], s1)
         last, _ = model(ids[:, 32:], s2)
     assert_close(logits[-1], last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoded_token_attends_each_query_head_to_its_kv_group(hf, dtype):
+    """One decoded query over cached keys (no mask): every query head h attends over kv head h // g,
+    whichever SDPA path the dtype takes (bfloat16 folds the g heads into the query axis)."""
+    model = convert(hf, MemoryConfig(segment_len=SEG))
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, model.n_heads, 1, model.head_dim, generator=g).to(dtype)
+    k, v = (torch.randn(1, model.n_kv, 20, model.head_dim, generator=g).to(dtype) for _ in range(2))
+    out = model._sdpa(q, k, v, pos=19)
+    for h in range(model.n_heads):
+        kk, vv = k[0, h // model.groups].float(), v[0, h // model.groups].float()
+        w = torch.softmax(q[0, h].float() @ kk.T * model.scale, dim=-1)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert_close(out[0, h].float(), w @ vv, rtol=tol, atol=tol)

@@ -33,10 +33,27 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=torch.float32, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
 
+        self._merged: tuple[tuple[int, ...], torch.Tensor] | None = None  # (weights' versions, W + sBA)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., d_in) -> (..., d_out)."""
+        """x: (..., d_in) -> (..., d_out). Without gradients in eval mode, one product with the merged
+        weight ``W + scale * B A`` (kept until any of the three changes), not three."""
+        if not (self.training or torch.is_grad_enabled()):
+            return nn.functional.linear(x, self.merged_weight(), self.base.bias)
         delta = (x.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T  # (..., r) -> (..., d_out)
         return self.base(x) + (self.scale * delta).to(x.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W + scale * B A`` in W's dtype and device, summed in float32; rebuilt when W, A or B was
+        changed in place (an optimizer step, a loaded adapter) or replaced. The wrapped linear keeps
+        its own weight, so removing the adapter gives back exactly the model it wrapped."""
+        w, a, b = self.base.weight, self.lora_A, self.lora_B
+        key = tuple(x for t in (w, a, b) for x in (t.data_ptr(), t._version)) + (hash(w.dtype),)
+        if self._merged is None or self._merged[0] != key:
+            with torch.no_grad():
+                merged = w.float() + self.scale * (b.float() @ a.float())
+            self._merged = (key, merged.to(w.dtype))
+        return self._merged[1]
 
 
 def add_lora(
