@@ -24,6 +24,8 @@ Seconds are wall time per pair, so with several workers they include waiting for
 ``--plot`` draws Overall by strategy with its interval (needs matplotlib). ``--versus S`` adds a
 paired comparison with strategy S (``versus.json``): per strategy, over the items both have, the
 mean per-item difference in Overall with a bootstrap interval, and the items won and lost.
+``--versus-run DIR`` compares every strategy with the same strategy stored in another run
+directory (another dtype, model or revision), item by item, the same way (``versus-run.json``).
 
 Scoring is ``infsum.scoring``: rouge-score with the Porter stemmer, ROUGE-Lsum over one sentence per
 line, the best reference per metric. Summary length defaults to the reference's length in words
@@ -469,6 +471,17 @@ def versus(rows: Sequence[dict], baseline: str) -> list[dict]:
     return out
 
 
+def versus_run(rows: Sequence[dict], other: Sequence[dict], label: str) -> list[dict]:
+    """Paired comparison of every strategy in ``rows`` with the same strategy in ``other`` (the rows
+    of another run directory, called ``label``), as ``versus`` computes it."""
+    out = []
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        pair = [r for r in rows if r["strategy"] == strategy]
+        pair += [{**r, "strategy": label} for r in other if r["strategy"] == strategy]
+        out += versus(pair, label)
+    return out
+
+
 def versus_markdown(entries: Sequence[dict], baseline: str) -> str:
     """The paired comparison as Markdown."""
     lines = [
@@ -537,12 +550,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dtype",
         default="default",
         choices=DTYPES,
-        help="model dtype (default: infsum's, float32 on CPU and bfloat16 on CUDA; auto: as --dtype auto)",
+        help="model dtype (default: infsum's, which is auto: bfloat16 on CUDA and on CPUs with native "
+        "bfloat16, else float32)",
     )
     p.add_argument("--workers", type=int, default=1, help="processes running pairs in parallel")
     p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of Overall by strategy here")
     p.add_argument("--versus", default=None, help="also compare every strategy with this one, item by item")
+    p.add_argument(
+        "--versus-run",
+        type=Path,
+        default=None,
+        help="also compare every strategy with the same strategy stored in this run directory",
+    )
     return p.parse_args(argv)
 
 
@@ -580,6 +600,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         paired = versus(rows, args.versus)
         write_json_atomic(args.run_dir / "versus.json", {"baseline": args.versus, "rows": paired})
         print("\n" + versus_markdown(paired, args.versus), end="")
+    if args.versus_run:
+        other, _ = run(args.versus_run, strategies, items, words=words, spec=spec, compute=False)
+        label = str(args.versus_run)
+        paired = versus_run(rows, other, label)
+        write_json_atomic(args.run_dir / "versus-run.json", {"baseline": label, "rows": paired})
+        print("\n" + versus_markdown(paired, f"the same strategy in {label}"), end="")
     if failed:
         print(f"{failed} pair(s) failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0

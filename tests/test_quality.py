@@ -146,6 +146,30 @@ def test_versus_pairs_items_and_counts_wins(quality) -> None:
     assert "| new | 5 | +6.0 [" in quality.versus_markdown([entry], "base")
 
 
+def test_versus_run_pairs_each_strategy_with_itself_in_the_other_run(quality) -> None:
+    rows = [fake_row("lead", f"i{k}", 0.3, 0.3, 0.3) for k in range(5)]
+    rows += [fake_row("textrank", f"i{k}", 0.2, 0.2, 0.2) for k in range(5)]
+    other = [fake_row("lead", f"i{k}", 0.2, 0.2, 0.2) for k in range(4)]  # i4 missing: not paired
+    other += [fake_row("textrank", f"i{k}", 0.2, 0.2, 0.2) for k in range(5)]
+    lead, textrank = quality.versus_run(rows, other, "runs/old")
+    assert (lead["strategy"], lead["n"], lead["wins"], lead["delta"]) == ("lead", 4, 4, pytest.approx(10.0))
+    assert (textrank["strategy"], textrank["n"], textrank["delta"]) == ("textrank", 5, 0)
+    assert textrank["wins"] == textrank["losses"] == 0
+
+
+def test_versus_run_compares_two_stored_runs(quality, tmp_path: Path, capsys) -> None:
+    (tmp_path / "data").mkdir()
+    data = make_dataset(tmp_path / "data")
+    argv = ["--data", str(data), "--strategies", "lead"]
+    assert quality.main([*argv, "--run-dir", str(tmp_path / "a")]) == 0
+    assert quality.main([*argv, "--run-dir", str(tmp_path / "b"), "--versus-run", str(tmp_path / "a")]) == 0
+    saved = json.loads((tmp_path / "b" / "versus-run.json").read_text())
+    assert saved["baseline"] == str(tmp_path / "a")
+    (entry,) = saved["rows"]
+    assert (entry["strategy"], entry["delta"], entry["wins"], entry["losses"]) == ("lead", 0, 0, 0)
+    assert "Overall minus the same strategy in" in capsys.readouterr().out
+
+
 def test_versus_must_name_a_run_strategy(quality, tmp_path: Path) -> None:
     argv = ["--data", str(make_dataset(tmp_path)), "--strategies", "lead", "--versus", "textrank"]
     with pytest.raises(SystemExit, match="--versus textrank: not among --strategies lead"):
