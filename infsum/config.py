@@ -98,8 +98,8 @@ class SummarizeConfig:
     # (decoded in one place: infsum.engine.adapter.resolve_adapter)
     adapter: str | Path | None = "default"
     device: str = "auto"  # auto, cpu, cuda, mps
-    # None: bfloat16 on CUDA, float32 elsewhere (today's rule, until bfloat16 on CPUs that compute
-    # it natively has passed the quality check); else one of DTYPES
+    # None: as "auto", bfloat16 on CUDA and on CPUs that compute it natively, else float32; else one
+    # of DTYPES
     dtype: Dtype | None = None
     strategy: str = "infini"
     words: int = 400  # target summary length in words

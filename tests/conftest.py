@@ -19,6 +19,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _float32_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default dtype follows the CPU (bfloat16 where it is native): tests see a CPU without
+    native bfloat16, so they run in float32 whatever machine runs them; a test that wants the other
+    CPU patches ``infsum.models.cpu_flags`` itself."""
+    monkeypatch.setattr("infsum.models.cpu_flags", lambda: frozenset())
+
+
 def build_tiny_model_dir(path: Path, *, seed: int = 0) -> Path:
     """Write a 2-layer random-weight Llama (GQA: 4 query heads over 2 kv heads) with the real
     SmolLM2 tokenizer files into ``path``; loadable with transformers or ``infsum.models``."""

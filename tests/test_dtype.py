@@ -45,7 +45,8 @@ def test_native_bf16_follows_the_cpu_flags(flags, native):
         ("auto", CPU, ZEN3, torch.float32),
         ("auto", CUDA, ZEN3, torch.bfloat16),
         ("auto", MPS, ZEN4, torch.float32),
-        (None, CPU, ZEN4, torch.float32),  # the default keeps float32 on every CPU for now
+        (None, CPU, ZEN4, torch.bfloat16),  # the default is auto
+        (None, CPU, ZEN3, torch.float32),
         (None, CUDA, ZEN3, torch.bfloat16),
         ("float32", CUDA, ZEN4, torch.float32),
         ("bfloat16", CPU, ZEN3, torch.bfloat16),
@@ -66,6 +67,13 @@ def test_an_unknown_dtype_names_the_choices():
 def test_load_model_takes_the_dtype_by_name(tiny_model_dir):
     assert load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16").dtype == torch.bfloat16
     assert load_model(str(tiny_model_dir), device="cpu", dtype="float32").dtype == torch.float32
+    assert load_model(str(tiny_model_dir), device="cpu").dtype == torch.float32
+
+
+def test_the_default_dtype_is_bfloat16_on_a_cpu_that_computes_it(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("infsum.models.cpu_flags", lambda: ZEN4)
+    assert load_model(str(tiny_model_dir), device="cpu").dtype == torch.bfloat16
+    monkeypatch.setattr("infsum.models.cpu_flags", lambda: ZEN3)
     assert load_model(str(tiny_model_dir), device="cpu").dtype == torch.float32
 
 

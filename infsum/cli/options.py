@@ -180,7 +180,7 @@ Dtype = Annotated[
     typer.Option(
         show_default=False,
         help="Weight precision; auto: bfloat16 on CUDA and on CPUs with native bfloat16 "
-        "(avx512_bf16, amx_bf16), else float32 [default: bfloat16 on CUDA, else float32].",
+        "(avx512_bf16, amx_bf16), else float32 [default: auto].",
     ),
 ]
 Strategy = Annotated[
