@@ -291,3 +291,20 @@ def test_decoded_token_attends_each_query_head_to_its_kv_group(hf, dtype):
         w = torch.softmax(q[0, h].float() @ kk.T * model.scale, dim=-1)
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert_close(out[0, h].float(), w @ vv, rtol=tol, atol=tol)
+
+
+def test_blocked_causal_attention_matches_the_causal_softmax(hf):
+    """Streaming in bfloat16 on a CPU takes the blocked path: every query head h attends causally over
+    kv head h // g, within bfloat16 rounding of the float32 loop reference, across block edges."""
+    model = convert(hf, MemoryConfig(segment_len=300))
+    g = torch.Generator().manual_seed(5)
+    n = 300  # not a multiple of the block: the last block is short
+    q = torch.randn(1, model.n_heads, n, model.head_dim, generator=g).to(torch.bfloat16)
+    k, v = (torch.randn(1, model.n_kv, n, model.head_dim, generator=g).to(torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        out = model._sdpa(q, k, v, pos=0)
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    for h in range(model.n_heads):
+        kk, vv = k[0, h // model.groups].float(), v[0, h // model.groups].float()
+        w = (q[0, h].float() @ kk.T * model.scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        assert_close(out[0, h].float(), w @ vv, rtol=2e-2, atol=3e-2)
