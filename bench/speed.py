@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,10 +209,15 @@ def _llama_child(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         llm.eval(prompt)
         prefill_s = time.perf_counter() - t
+        vocab = llm.n_vocab()
+
+        def last_logits() -> np.ndarray:  # without logits_all, llama.cpp keeps only the last token's
+            return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+
         tok, t = prompt[-1], time.perf_counter()
         for _ in range(args.decode_tokens):
             llm.eval([tok])
-            tok = int(llm.scores[llm.n_tokens - 1].argmax())
+            tok = int(last_logits().argmax())
         decode_s = time.perf_counter() - t
     return {
         "gguf": gguf.name,
