@@ -59,6 +59,7 @@ class AskResult:
     state: str | None  # the state file loaded or saved, if any
     segment_len: int
     generation: dict
+    dtype: str  # the model weights' dtype ("float32", "bfloat16")
     # the evidence each question closed with: the passages' token budget (capped at half a segment;
     # a state's own when smaller) and the names asked for; 0 and 0 from a state saved without them
     evidence_tokens: int = 0
@@ -204,6 +205,7 @@ def ask(
         state=str(source) if from_state else (str(save_state) if save_state is not None else None),
         segment_len=state.segment_len,
         generation=asdict(gen),
+        dtype=str(loaded.dtype).removeprefix("torch."),
         evidence_tokens=evidence.evidence_tokens,
         cast=evidence.cast,
         seconds={k: round(v, 3) for k, v in seconds.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True)
-def _float32_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _float32_by_default() -> Iterator[None]:
     """The default dtype follows the CPU (bfloat16 where it is native): tests see a CPU without
-    native bfloat16, so they run in float32 whatever machine runs them; a test that wants the other
-    CPU patches ``infsum.models.cpu_flags`` itself."""
-    monkeypatch.setattr("infsum.models.cpu_flags", lambda: frozenset())
+    native bfloat16, so they run in float32 whatever machine runs them (session-wide, so models that
+    module-scoped fixtures load see it too; tests that run infsum in a subprocess see the real CPU);
+    a test that wants the other CPU patches ``infsum.models.cpu_flags`` itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("infsum.models.cpu_flags", lambda: frozenset())
+        yield
 
 
 def build_tiny_model_dir(path: Path, *, seed: int = 0) -> Path:
