@@ -32,7 +32,6 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=torch.float32, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=torch.float32, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
-
         self._merged: tuple[tuple[int, ...], torch.Tensor] | None = None  # (weights' versions, W + sBA)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -453,7 +453,8 @@ class InfiniModel(nn.Module):
             folded = q.reshape(b, self.n_kv, self.groups * n, d)
             out = F.scaled_dot_product_attention(folded, k, v, dropout_p=dropout, scale=self.scale)
             return out.view(b, h, n, d)
-        if causal and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled():
+        cpu_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if causal and cpu_bf16 and not dropout and not torch.is_grad_enabled():
             return self._blocked_causal(q, k, v)
         if _SDPA_GQA:
             return F.scaled_dot_product_attention(
@@ -475,8 +476,8 @@ class InfiniModel(nn.Module):
         """Causal attention of q (b, h, n, d) over k, v (b, k, n, d) at local positions 0.., in blocks
         of queries: bfloat16 products, the softmax in float32 and its weights rounded to q's dtype
         (as HF's eager attention computes it). For streaming in bfloat16 on a CPU, where SDPA's
-        causal kernel runs no faster than in float32 (33 against 22 ms a layer for a 2,048-token
-        segment here, docs/speed.md). Each block sees only the keys up to its last query."""
+        causal kernel runs no faster than in float32: 33-37 ms a layer for a 2,048-token segment
+        here, the blocks 22-23 ms (docs/speed.md). Each block sees only the keys up to its last query."""
         b, h, n, d = q.shape
         kh, g = self.n_kv, self.groups
         qg = q.reshape(b, kh, g, n, d)
