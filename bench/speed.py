@@ -136,7 +136,7 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
     state_file = Path(args.state)
     if dtype == "float32" or args.bf16_stream or _native_bf16():
         state, report["streaming"] = _stream(reader, ids)
-        if dtype == "float32" and args.child == "float32":
+        if args.child == "float32":  # the state a bfloat16 child without native bfloat16 decodes from
             save_state(state, state_file)
     else:
         report["streaming"] = {

@@ -105,8 +105,8 @@ def resolve_dtype(
     """The weights' dtype for ``choice`` on ``device``: a torch dtype as given; ``float32`` or
     ``bfloat16``; ``auto`` and None (the default): bfloat16 on CUDA and on CPUs that compute it
     natively (``flags``, default this CPU's, see ``cpu_has_native_bf16``), float32 elsewhere (MPS
-    too). On a CPU with native bfloat16 it streams and decodes about twice as fast as float32, with
-    ROUGE and passkeys as in float32 (docs/speed.md)."""
+    too). On a CPU with native bfloat16 it streams about 2x and decodes about 1.6-1.9x as fast as
+    float32, with ROUGE and passkeys as in float32 (docs/speed.md)."""
     if isinstance(choice, torch.dtype):
         return choice
     choice = "auto" if choice is None else choice

@@ -482,7 +482,7 @@ class InfiniModel(nn.Module):
         kh, g = self.n_kv, self.groups
         qg = q.reshape(b, kh, g, n, d)
         out = torch.empty_like(qg)
-        future = ~self._causal_mask(n, q.device)
+        future = self._causal_mask(n, q.device, future=True)
         for s in range(0, n, _ATTN_BLOCK):
             e = min(s + _ATTN_BLOCK, n)
             w = qg[:, :, :, s:e].reshape(b, kh, g * (e - s), d) @ k[:, :, :e].transpose(-1, -2)
@@ -506,12 +506,14 @@ class InfiniModel(nn.Module):
         table = self._consts[key][:, pos : pos + n]
         return table[0], table[1]
 
-    def _causal_mask(self, n: int, device: torch.device) -> Tensor:
-        """(n', n') lower-triangular bool mask with n' >= n, sliced to n columns."""
+    def _causal_mask(self, n: int, device: torch.device, *, future: bool = False) -> Tensor:
+        """(n', n') lower-triangular bool mask with n' >= n (True: the key is seen), sliced to n
+        columns; with ``future``, its negation (True: the key lies after the query)."""
         size = max(self.cfg.segment_len, n)
-        key = ("mask", size, device)
+        key = ("future" if future else "mask", size, device)
         if key not in self._consts:
-            self._consts[key] = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+            seen = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+            self._consts[key] = ~seen if future else seen
         return self._consts[key][:n, :n]
 
 
