@@ -170,7 +170,8 @@ class Runner:
 
             from infsum.models import load_model
 
-            dtype = {"default": None, "auto": "auto"}.get(self.spec.dtype) or getattr(torch, self.spec.dtype)
+            named = {"default": None, "auto": "auto"}
+            dtype = named[self.spec.dtype] if self.spec.dtype in named else getattr(torch, self.spec.dtype)
             self._loaded = load_model(self.spec.name, device=self.spec.device, dtype=dtype)
         return self._loaded
 

@@ -17,25 +17,32 @@ done by any earlier run (in ``results.jsonl`` or a part) is skipped. The process
 is done, a record of every book in the parts merges them into ``results.jsonl``: each book once, its
 latest record, in book order (the parts are then removed). No process waits for another, and no
 collective call is made: a process killed mid-way leaves its part, and the next run merges.
+
+With ``parallel`` above 1 (``--parallel K``, the infini strategy), the books still to do stream side
+by side, K rows of one batch (``Summarizer.read_together``): each book's summary is written, and its
+record appended, as soon as its row has read it, while the other rows wait; a finished row takes the
+next book. Resuming works as above. A failure while the batch streams stops the run (every row
+shares it); a rerun resumes from the books recorded so far.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import SummarizeConfig
 from .errors import BookNotFoundError, ConfigError, InfsumError, OutputError
-from .pipeline import Summarizer, SummaryResult, rouge_from_dict
+from .pipeline import Streamed, Summarizer, SummaryResult, rouge_from_dict
 from .progress import Progress, Step
-from .readers import SUFFIXES
+from .readers import SUFFIXES, Book, load_book
 from .scoring import MetricSummary, RougeScores, read_text_file, summarize_scores
 
 RESULTS = "results.jsonl"
@@ -317,13 +324,15 @@ def run_batch(
     progress: Progress | None = None,
     summarizer: BookSummarizer | None = None,
     shard: Shard | None = None,
+    parallel: int = 1,
 ) -> BatchReport:
     """Summarize every book under ``directory`` into ``out``, resuming an earlier run there.
 
     ``summarizer(path, references, progress=...)`` defaults to a ``Summarizer(cfg)`` that loads the
     model once. A book that fails is recorded with its message and the batch goes on. ``shard``
     (default: ``Shard.from_env()``) limits this process to its share of the books; the report holds
-    this process's books only.
+    this process's books only. ``parallel`` books stream side by side (a ``Summarizer`` only; see
+    the module doc); ConfigError where the strategy cannot.
     """
     directory, out = Path(directory), Path(out)
     shard = shard or Shard.from_env()
@@ -333,31 +342,98 @@ def run_batch(
     if shard.world > 1 and summarizer is None:
         cfg = replace(cfg, device=_shard_device(cfg.device, shard))
     summarizer = summarizer or Summarizer(cfg)
+    if parallel != 1:
+        if not isinstance(summarizer, Summarizer):
+            raise ValueError("parallel reading needs infsum's Summarizer, not another summarizer")
+        summarizer.read_together([], parallel)  # checks the strategy and options before any book
     report = progress or (lambda step: None)
     books = find_books(directory, out)
     if not books:
         raise BookNotFoundError(
             f"{directory}: no books found (looked for {', '.join(SUFFIXES)} files); check the folder"
         )
-    outcomes = []
+    outcomes: dict[int, BookOutcome] = {}  # by the book's place in this process's share
     mine = shard.take(books)
     with BatchLock(out, shard.lock_name):
         results = ResultsLog(out / shard.results_name)
         earlier = _latest(read_records(out / RESULTS)) if shard.world > 1 else {}
+        todo: list[_Todo] = []
         for n, (_, book) in enumerate(mine):
             rel = book.relative_to(directory).as_posix()
             md, js = output_paths(book, directory, out, books)
             done = [r for r in (results.last.get(rel), earlier.get(rel)) if _done(r, (md, js))]
             if done:
                 rouge = done[0].get("rouge")
-                outcomes.append(BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True))
-                continue
-            report(Step("book", n, len(mine), rel))
-            outcomes.append(_run_one(summarizer, book, rel, md, js, refs_dir, results, report))
+                outcomes[n] = BookOutcome(rel, "ok", rouge=rouge and rouge_from_dict(rouge), skipped=True)
+            else:
+                todo.append(_Todo(n, book, rel, md, js))
+        if parallel == 1:
+            for t in todo:
+                report(Step("book", t.n, len(mine), t.rel))
+                outcomes[t.n] = _run_one(summarizer, t.book, t.rel, t.md, t.js, refs_dir, results, report)
+        else:
+            assert isinstance(summarizer, Summarizer)
+            _run_together(summarizer, todo, parallel, len(mine), refs_dir, results, report, outcomes)
     report(Step("book", len(mine), len(mine)))
     if shard.world > 1:
         merge_parts(out, [b.relative_to(directory).as_posix() for b in books], shard.world)
-    return BatchReport(tuple(outcomes))
+    return BatchReport(tuple(outcomes[n] for n in sorted(outcomes)))
+
+
+@dataclass(frozen=True)
+class _Todo:
+    """A book this run still has to summarize: its place in the share, path, name and outputs."""
+
+    n: int
+    book: Path
+    rel: str
+    md: Path
+    js: Path
+
+
+def _run_together(
+    summarizer: Summarizer,
+    todo: Sequence[_Todo],
+    rows: int,
+    share: int,
+    refs_dir: str | Path | None,
+    results: ResultsLog,
+    report: Progress,
+    outcomes: dict[int, BookOutcome],
+) -> None:
+    """Stream ``todo`` ``rows`` books at a time, then summarize, write and log each as its row
+    finishes; a book that cannot be read is logged as an error and left out of the batch."""
+    taken: list[tuple[_Todo, Book]] = []  # the books in the batch, in the order they joined it
+
+    def books() -> Iterator[Book]:
+        for t in todo:
+            t0 = time.perf_counter()
+            try:
+                book = load_book(t.book, password=summarizer.cfg.password)
+            except Exception as e:  # noqa: BLE001 - as in _run_one: the log keeps why, the batch goes on
+                outcomes[t.n] = _failed(t.rel, e, t0, results)
+                continue
+            taken.append((t, book))
+            yield book
+
+    for streamed in summarizer.read_together(books(), rows, report):
+        t, book = taken[streamed.index]
+        report(Step("book", len(outcomes), share, t.rel))
+        write = functools.partial(_write_streamed, summarizer, book, streamed)
+        outcomes[t.n] = _run_one(write, t.book, t.rel, t.md, t.js, refs_dir, results, report)
+
+
+def _write_streamed(
+    summarizer: Summarizer,
+    book: Book,
+    streamed: Streamed,
+    _path: Path,
+    refs: Sequence[str],
+    *,
+    progress: Progress,
+) -> SummaryResult:
+    """A ``BookSummarizer`` for a book ``read_together`` has read: its summary from that state."""
+    return summarizer(book, refs, progress=progress, streamed=streamed)
 
 
 def merge_parts(out: Path, books: Sequence[str], world: int) -> bool:
@@ -408,9 +484,7 @@ def _run_one(summarizer, book, rel, md, js, refs_dir, results, report) -> BookOu
     except OutputError:
         raise  # a full disk or a read-only folder fails every later book too: stop now
     except Exception as e:  # noqa: BLE001 - one bad book must not stop a long batch; the log keeps why
-        message = str(e) if isinstance(e, InfsumError) else f"{type(e).__name__}: {e}"
-        results.append({**record, "status": "error", "message": message, "seconds": _since(t0)})
-        return BookOutcome(rel, "error", message)
+        return _failed(rel, e, t0, results)
     rouge = result.rouge.to_dict() if result.rouge else None
     results.append(
         {
@@ -424,6 +498,13 @@ def _run_one(summarizer, book, rel, md, js, refs_dir, results, report) -> BookOu
         }
     )
     return BookOutcome(rel, "ok", rouge=result.rouge)
+
+
+def _failed(rel: str, e: Exception, t0: float, results: ResultsLog) -> BookOutcome:
+    """Log a book's failure (its one-line message; the exception's type where it is not infsum's)."""
+    message = str(e) if isinstance(e, InfsumError) else f"{type(e).__name__}: {e}"
+    results.append({"book": rel, "status": "error", "message": message, "seconds": _since(t0)})
+    return BookOutcome(rel, "error", message)
 
 
 def _since(t0: float) -> float:

@@ -5,7 +5,9 @@
 default streams the whole book through the Infini memory and writes the summary from it), trims a
 model's cut-off last sentence, scores against references, and returns a ``SummaryResult`` that the
 CLI renders as Markdown or JSON. A ``Summarizer`` loads the model once and reuses it across books
-(the batch runner and ``bench/quality.py`` use one).
+(the batch runner and ``bench/quality.py`` use one); ``Summarizer.read_together`` streams several
+books side by side, one row of a batch each, and each book's summary is then written from its state
+(``infsum batch --parallel``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import __version__, strategies
 from .config import SummarizeConfig
@@ -29,12 +31,22 @@ from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
 
 if TYPE_CHECKING:
-    from .engine import Ready
+    from .engine import ReaderState, Ready
     from .models import LoadedModel
 
 log = logging.getLogger("infsum")
 _HEADING, _FOOTER = "# Summary of ", "\n\n---\n*infsum "  # the frame of SummaryResult.markdown
 _NOTES = "\n\n## Chapter notes\n\n"  # what follows the summary there with --chapters
+
+
+class Streamed(NamedTuple):
+    """One book read by ``Summarizer.read_together``: its index in the books given, its memory
+    state, and the seconds of the batch's forwards while it was in the batch (shared with the
+    books beside it)."""
+
+    index: int
+    state: ReaderState
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,9 @@ class SummaryResult:
     # --chapters: {title, words, tokens, note} per chapter (or per fixed span: chapter_notes_by "span")
     chapters: tuple[dict, ...] = ()
     chapter_notes_by: str | None = None  # "chapter", "span" (a book without chapters) or None
+    # books streamed side by side in one batch, this one included (infsum batch --parallel); its
+    # seconds["stream"] are then the batch's, shared with the others
+    parallel: int = 1
 
     @property
     def summary_words(self) -> int:
@@ -175,6 +190,7 @@ class Summarizer:
                 f"{strategy.name!r} does not stream it; use --strategy infini"
             )
         self.cfg = cfg
+        self._rows = 1  # books streamed side by side (read_together)
         self._loaded = model
         self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
 
@@ -186,11 +202,13 @@ class Summarizer:
         progress: Progress | None = None,
         state_path: str | Path | None = None,
         from_state: str | Path | None = None,
+        streamed: Streamed | None = None,
     ) -> SummaryResult:
         """Summarize one book (a path or a ``Book``); score it when reference texts are given;
         save the memory state after reading to ``state_path`` when given; with ``from_state`` (a
         state file saved from this book, model and adapter) write from that memory instead of
-        streaming the book again (the book is still parsed: the names check and the record need it)."""
+        streaming the book again (the book is still parsed: the names check and the record need it);
+        with ``streamed`` (this book from ``read_together``) write from the state read there."""
         report = progress or ignore
         strategy = get_strategy(self.cfg.strategy)
         readers = " or ".join(s.name for s in STRATEGIES.values() if s.memory)
@@ -216,7 +234,7 @@ class Summarizer:
             loaded = self.loaded(report)
             infini = self.infini(report) if strategy.memory else None
             seconds["load"] = time.perf_counter() - t0
-        state = None
+        state = streamed.state if streamed is not None else None
         if from_state is not None:
             from .engine import check_identity, load_state
 
@@ -241,6 +259,8 @@ class Summarizer:
         t0 = time.perf_counter()
         draft = strategy.run(job)
         seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
+        if streamed is not None:
+            seconds["stream"] = streamed.seconds
         # a model writes until its token budget: a last sentence cut off mid-way is dropped, and
         # the summary is held to the words asked for (at a sentence end)
         summary = draft.summary
@@ -287,7 +307,58 @@ class Summarizer:
                 if draft.chapters
                 else None
             ),
+            parallel=self._rows if streamed is not None else 1,
         )
+
+    def read_together(
+        self, books: Iterable[Book], rows: int, progress: Progress | None = None
+    ) -> Iterator[Streamed]:
+        """Stream ``books`` through the memory side by side, ``rows`` of them in one batch
+        (``InfiniReader.read_many``: each row its own memory; a finished book's row takes the next
+        book) -> a ``Streamed`` for each book as soon as it is read, in the order they finish; give it
+        to ``__call__(book, streamed=...)`` to write the summary. ``books`` is consumed lazily.
+        ConfigError, at once, for a strategy without memory or with chapter notes (written while
+        the book streams). ``progress`` gets ``Step("stream", tokens, tokens of the books taken)``."""
+        strategy = get_strategy(self.cfg.strategy)
+        if not strategy.memory:
+            raise ConfigError(
+                f"--parallel streams books side by side through the memory: strategy "
+                f"{strategy.name!r} does not stream them; use --strategy infini or --parallel 1"
+            )
+        if self.cfg.chapter_words is not None:
+            raise ConfigError("--chapters writes notes while each book streams: use --parallel 1 with it")
+        if rows < 1:
+            raise ConfigError(f"--parallel {rows}: read at least 1 book at a time")
+        self._rows = rows
+        return self._read_together(books, rows, progress or ignore)
+
+    def _read_together(self, books: Iterable[Book], rows: int, report: Progress) -> Iterator[Streamed]:
+        """The generator behind ``read_together`` (its checks run before the first book)."""
+        from .engine import InfiniReader
+        from .prompt import book_tokens
+
+        model, _ = self.infini(report)
+        tok = self.loaded(report).tokenizer
+        clock = 0.0  # seconds spent in the batch's forwards so far
+        joined: list[float] = []  # the clock when each book joined the batch
+
+        def texts() -> Iterator[list[int]]:
+            for book in books:
+                joined.append(clock)
+                yield book_tokens(tok, book)[0]
+
+        def on_tokens(done: int, total: int) -> None:
+            report(Step("stream", done, total, f"{rows} books at a time"))
+
+        read = InfiniReader(model).read_many(texts(), rows, on_tokens)
+        while True:
+            t0 = time.perf_counter()
+            got = next(read, None)
+            clock += time.perf_counter() - t0
+            if got is None:
+                return
+            index, state = got
+            yield Streamed(index, state, clock - joined[index])
 
     # -- model and adapter
 

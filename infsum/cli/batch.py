@@ -21,6 +21,14 @@ def batch_command(
     run: RunOptions,
     chapters: Chapters = False,
     chapter_words: ChapterWords = None,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Books streamed side by side, one row of a batch each (infini strategy; "
+            "pays off on a GPU, docs/speed.md).",
+        ),
+    ] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Summarize every book under DIRECTORY into OUT (with --chapters, a note on each chapter
@@ -29,7 +37,7 @@ def batch_command(
 
     cfg = run.config(chapter_words=note_words(chapters, chapter_words))
     with ProgressView(run.segment_len, quiet) as view:
-        report = run_batch(directory, out, cfg, refs_dir=refs, progress=view)
+        report = run_batch(directory, out, cfg, refs_dir=refs, progress=view, parallel=parallel)
     Console().print(batch_table(report))
     for o in report.failed:
         typer.secho(f"failed: {o.book}: {o.message}", fg="red", err=True)

@@ -6,7 +6,8 @@ decoding loop here adds one token at a time to a local cache and commits it into
 A ``ReaderState`` is the memory of every complete segment read so far plus the token ids of the
 current, incomplete segment. Those pending tokens are only run through the model when their segment
 fills (or when generation starts), so reading a text in one call or in any number of pieces runs the
-very same segments and gives bit-identical state and output. The reader streams one text (batch 1).
+very same segments and gives bit-identical state and output. ``read`` streams one text (batch 1);
+``read_many`` streams several side by side, one row of a batch each (``infsum batch --parallel``).
 ``generate`` never changes the state it is given, so one state answers any number of prompts.
 
 A state file also records what the state is of (``identity``: the model's name, the adapter's file
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,66 @@ class InfiniReader:
         return replace(
             state, memory=memory, pending=buf[n_full:].clone(), recent=recent, n_read=state.n_read + len(ids)
         )
+
+    @torch.inference_mode()
+    def read_many(
+        self, texts: Iterable[Iterable[int] | Tensor], rows: int, progress: Counter | None = None
+    ) -> Iterator[tuple[int, ReaderState]]:
+        """Read several texts side by side, ``rows`` of them in one batch -> ``(index, state)`` for
+        each text (its index in ``texts``) as soon as it is read, in the order they finish.
+
+        Each row of the batch holds one text and that text's own memory. A row whose text is done
+        takes the next one, with an empty memory, so texts of different lengths share the batch
+        without padding: every forward runs one full segment of each row. ``texts`` is consumed
+        lazily, only as rows free up. Every state is what ``read`` gives for its text alone (the
+        same segments, pending tail and recent segment), up to the float rounding of a batched
+        product. With an exact-token store (``exact_tokens``; its stream index is one per batch)
+        the texts are read one at a time. ``progress(done, total)`` counts tokens in full segments
+        of the texts taken so far.
+        """
+        if rows < 1:
+            raise ConfigError(f"--parallel {rows}: read at least 1 book at a time")
+        seg = self.cfg.segment_len
+        pending = iter(enumerate(texts))
+        active: list[_Row] = []
+        memory: MemoryState | None = None
+        done = total = 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            while True:
+                while len(active) < (1 if self.cfg.exact_tokens else rows):
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        break
+                    index, text = nxt
+                    ids = torch.as_tensor(text if isinstance(text, Tensor) else list(text), dtype=torch.long)
+                    ids = ids.flatten().cpu()
+                    row = _Row(index, ids, len(ids) // seg * seg)
+                    if row.n_full == 0:  # shorter than a segment: nothing to write
+                        yield index, row.state(self.empty(), None)
+                        continue
+                    total += row.n_full
+                    memory = _add_rows(memory, 1) if active else None
+                    active.append(row)
+                if not active:
+                    return
+                batch = torch.stack([r.ids[r.at : r.at + seg] for r in active]).to(self.device)
+                _, memory = self.model.forward_segments(batch, memory, each=_nothing)
+                for r in active:
+                    r.at += seg
+                done += seg * len(active)
+                if progress is not None:
+                    progress(done, total)
+                finished = [k for k, r in enumerate(active) if r.at == r.n_full]
+                for k in finished:
+                    yield active[k].index, active[k].state(self.empty(), _take_rows(memory, [k]))
+                if finished:
+                    keep = [k for k in range(len(active)) if k not in finished]
+                    active = [active[k] for k in keep]
+                    memory = _take_rows(memory, keep) if keep else None
+        finally:
+            self.model.train(was_training)
 
     def _run_full_segments(
         self, buf: Tensor, memory: MemoryState | None, total: int, skip: int, progress: Counter | None
@@ -278,6 +339,49 @@ class InfiniReader:
             if t.device != self.device:
                 state = replace(state, memory=state.memory.to(self.device))
         return state
+
+
+@dataclass
+class _Row:
+    """One text in ``read_many``'s batch: its ids, how far it is read, where its full segments end."""
+
+    index: int
+    ids: Tensor
+    n_full: int  # tokens in the text's complete segments (what the batch writes into memory)
+    at: int = 0
+
+    def state(self, empty: ReaderState, memory: MemoryState | None) -> ReaderState:
+        """The reader state after the whole text, as ``InfiniReader.read`` leaves it."""
+        n, seg = self.n_full, empty.segment_len
+        recent = self.ids[n - seg : n].clone() if n else empty.recent
+        pending = self.ids[n:].clone()
+        return replace(empty, memory=memory, pending=pending, recent=recent, n_read=len(self.ids))
+
+
+def _add_rows(memory: MemoryState | None, n: int) -> MemoryState | None:
+    """``memory`` with ``n`` empty rows (zeros) appended to its batch; None stays None (memory off).
+    A zero memory reads as exactly 0 and the first write into it gives exactly the first segment's
+    terms, as from no memory at all (``memory.read_memory``, ``update_memory``)."""
+    if memory is None:
+        return None
+    assert not memory.store, "read_many reads one text at a time with a store"
+
+    def grow(t: Tensor) -> Tensor:
+        return torch.cat([t, t.new_zeros(n, *t.shape[1:])])
+
+    return MemoryState(tuple(map(grow, memory.M)), tuple(map(grow, memory.z)))
+
+
+def _take_rows(memory: MemoryState | None, rows: Sequence[int]) -> MemoryState | None:
+    """The memory of ``rows`` of the batch, as a batch of their own (copies, not views)."""
+    if memory is None:
+        return None
+    if memory.store:  # one text at a time (see read_many): the whole batch is that text
+        return memory
+    index = torch.tensor(rows, device=memory.M[0].device)
+    return MemoryState(
+        tuple(m.index_select(0, index) for m in memory.M), tuple(z.index_select(0, index) for z in memory.z)
+    )
 
 
 def _store_words(n: int, score: str, positions: str, sinks: int) -> str:
