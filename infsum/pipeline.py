@@ -41,12 +41,13 @@ _NOTES = "\n\n## Chapter notes\n\n"  # what follows the summary there with --cha
 
 class Streamed(NamedTuple):
     """One book read by ``Summarizer.read_together``: its index in the books given, its memory
-    state, and the seconds of the batch's forwards while it was in the batch (shared with the
-    books beside it)."""
+    state, the seconds of the batch's forwards while it was in the batch (shared with the books
+    beside it) and how many books the batch read side by side."""
 
     index: int
     state: ReaderState
     seconds: float
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,6 @@ class Summarizer:
                 f"{strategy.name!r} does not stream it; use --strategy infini"
             )
         self.cfg = cfg
-        self._rows = 1  # books streamed side by side (read_together)
         self._loaded = model
         self._infini = None  # the engine's Ready (InfiniModel, adapter path or None), built once
 
@@ -307,7 +307,7 @@ class Summarizer:
                 if draft.chapters
                 else None
             ),
-            parallel=self._rows if streamed is not None else 1,
+            parallel=streamed.rows if streamed is not None else 1,
         )
 
     def read_together(
@@ -329,7 +329,6 @@ class Summarizer:
             raise ConfigError("--chapters writes notes while each book streams: use --parallel 1 with it")
         if rows < 1:
             raise ConfigError(f"--parallel {rows}: read at least 1 book at a time")
-        self._rows = 1 if self.cfg.memory.exact_tokens else rows  # a store reads one book at a time
         return self._read_together(books, rows, progress or ignore)
 
     def _read_together(self, books: Iterable[Book], rows: int, report: Progress) -> Iterator[Streamed]:
@@ -358,7 +357,7 @@ class Summarizer:
             if got is None:
                 return
             index, state = got
-            yield Streamed(index, state, clock - joined[index])
+            yield Streamed(index, state, clock - joined[index], 1 if model.cfg.exact_tokens else rows)
 
     # -- model and adapter
 

@@ -24,7 +24,9 @@ WORDS = ("lamp", "ship", "harbour", "keeper", "storm", "night", "rope", "gull", 
 
 def _story(n: int, seed: int) -> str:
     """n sentences of a few words: books of different lengths, so rows finish at different times."""
-    return " ".join(f"The {WORDS[(seed + i) % 10]} met the {WORDS[(3 * i + seed) % 10]} again." for i in range(n))
+    return " ".join(
+        f"The {WORDS[(seed + i) % 10]} met the {WORDS[(3 * i + seed) % 10]} again." for i in range(n)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,9 @@ def _cfg(tiny_model_dir: Path, **kw) -> SummarizeConfig:
     return SummarizeConfig(model=str(tiny_model_dir), words=8, memory=MemoryConfig(segment_len=SEG), **kw)
 
 
-def test_parallel_summaries_equal_one_at_a_time(library: Path, tmp_path: Path, loaded, tiny_model_dir) -> None:
+def test_parallel_summaries_equal_one_at_a_time(
+    library: Path, tmp_path: Path, loaded, tiny_model_dir
+) -> None:
     cfg = _cfg(tiny_model_dir)
     one = run_batch(library, tmp_path / "one", summarizer=Summarizer(cfg, model=loaded), shard=None)
     three = run_batch(library, tmp_path / "three", summarizer=Summarizer(cfg, model=loaded), parallel=3)
@@ -64,7 +68,9 @@ def test_parallel_summaries_equal_one_at_a_time(library: Path, tmp_path: Path, l
     assert three.outcomes[4].rouge is not None  # e.ref.txt was found and scored
 
 
-def test_parallel_batch_resumes_without_redoing_books(library: Path, tmp_path: Path, loaded, tiny_model_dir) -> None:
+def test_parallel_batch_resumes_without_redoing_books(
+    library: Path, tmp_path: Path, loaded, tiny_model_dir
+) -> None:
     out = tmp_path / "out"
     cfg = _cfg(tiny_model_dir)
     run_batch(library, out, summarizer=Summarizer(cfg, model=loaded), parallel=2)
@@ -82,7 +88,7 @@ def test_streamed_seconds_and_order(tiny_model_dir, loaded, library: Path) -> No
     summarizer = Summarizer(_cfg(tiny_model_dir), model=loaded)
     books = [load_book(library / f"{n}.txt") for n in "abcde"]
     got = list(summarizer.read_together(iter(books), 2))
-    assert sorted(s.index for s in got) == [0, 1, 2, 3, 4]
+    assert sorted(s.index for s in got) == [0, 1, 2, 3, 4] and {s.rows for s in got} == {2}
     assert got[0].index == 1  # two sentences: shorter than a segment, back before any forward
     assert all(s.seconds >= 0 for s in got)
 
@@ -109,3 +115,10 @@ def test_cli_batch_parallel(library: Path, tmp_path: Path, tiny_model_dir: Path)
     assert result.exit_code == 1, result.output  # z.txt has no text
     assert "failed: z.txt" in result.output
     assert json.loads((out / "a.summary.json").read_text())["parallel"] == 4
+
+
+def test_with_a_store_books_stream_one_at_a_time(tiny_model_dir, loaded, library: Path) -> None:
+    memory = MemoryConfig(segment_len=SEG, exact_tokens=4)
+    summarizer = Summarizer(SummarizeConfig(model=str(tiny_model_dir), words=8, memory=memory), model=loaded)
+    got = list(summarizer.read_together([load_book(library / f"{n}.txt") for n in "ace"], 3))
+    assert [s.index for s in got] == [0, 1, 2] and {s.rows for s in got} == {1}

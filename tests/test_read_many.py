@@ -57,7 +57,9 @@ def test_each_row_reads_as_its_text_alone(reader, rows):
 def test_answers_from_a_batched_read_equal_a_single_read(reader):
     texts, prompt = _texts(), torch.arange(5) + 100
     for i, state in reader.read_many(texts, 3):
-        assert reader.generate(state, prompt, GREEDY) == reader.generate(reader.read(texts[i]), prompt, GREEDY)
+        assert reader.generate(state, prompt, GREEDY) == reader.generate(
+            reader.read(texts[i]), prompt, GREEDY
+        )
 
 
 def test_texts_finish_in_order_of_their_segments_and_are_taken_lazily(reader):
