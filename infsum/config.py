@@ -114,6 +114,9 @@ class SummarizeConfig:
     # infini: tokens of the book's most central passages placed in the final prompt (infsum.evidence)
     evidence_tokens: int = 1024  # (the measurements that chose it: docs/grounding.md)
     cast: int = 5  # infini: how many of the book's most mentioned names the final prompt gives
+    # infini: the summary written in parts of about this many words, each as soon as its share of
+    # the book has streamed (infsum.strategies.summary_parts); 0: written whole, after the book
+    part_words: int = 70  # (the measurements that chose it: docs/grounding.md)
 
     def __post_init__(self) -> None:
         """Raise ConfigError for a summary length no strategy can write, an unknown dtype, or a blank
@@ -136,6 +139,7 @@ class SummarizeConfig:
             ("--evidence-tokens", self.evidence_tokens),
             ("--cast", self.cast),
             ("--spare-names", self.generation.spare_names),
+            ("--part-words", self.part_words),
         ):
             if value < 0:
                 raise ConfigError(f"{option} {value} is negative: use 0 (none) or more")

@@ -87,6 +87,9 @@ class SummaryResult:
     # books streamed side by side in one batch, this one included (infsum batch --parallel); its
     # seconds["stream"] are then the batch's, shared with the others
     parallel: int = 1
+    # infini: the parts the summary was written in along the book (1: whole, after the book;
+    # SummarizeConfig.part_words)
+    parts: int = 1
 
     @property
     def summary_words(self) -> int:
@@ -117,6 +120,8 @@ class SummaryResult:
             how += f", {self.exact_tokens} exact tokens)" if self.exact_tokens else ")"
             if self.evidence_tokens or self.cast:
                 how += f", prompt: {self.evidence_tokens} tokens of central passages, {self.cast} names"
+            if self.parts > 1:
+                how += f", written in {self.parts} parts along the book"
         if self.tokens:
             how += f", {self.tokens:,} tokens in {self.segments} segments of {self.segment_len}"
         total = sum(self.seconds.values())
@@ -255,6 +260,7 @@ class Summarizer:
             chapter_words=self.cfg.chapter_words,
             evidence_tokens=self.cfg.evidence_tokens,
             cast=self.cfg.cast,
+            part_words=self.cfg.part_words,
         )
         t0 = time.perf_counter()
         draft = strategy.run(job)
@@ -308,6 +314,7 @@ class Summarizer:
                 else None
             ),
             parallel=streamed.rows if streamed is not None else 1,
+            parts=draft.parts,
         )
 
     def read_together(

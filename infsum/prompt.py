@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 INSTRUCTION = "Summarize the plot of the book above in about {words} words."
 CHUNK_INSTRUCTION = "Summarize the plot of the passage above in about {words} words."
+PART_INSTRUCTION = "Summarize what happens in the part of the book above in about {words} words."
 CHAPTER_INSTRUCTION = (
     "Write a short note, in about {words} words, on what happens in the part of the book just above."
 )

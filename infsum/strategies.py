@@ -30,6 +30,7 @@ from .progress import Counter, Progress, Step, ignore
 from .prompt import (
     CHAPTER_INSTRUCTION,
     CHUNK_INSTRUCTION,
+    PART_INSTRUCTION,
     book_tokens,
     chapter_at,
     chat_prompt,
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
 NOTE_SPAN_TOKENS = 8192  # chapter notes: a book without chapters gets one note per this many tokens
+PART_EVIDENCE_TOKENS = 384  # summary parts: each part's central passages, at most (docs/grounding.md)
+MIN_PART_TOKENS = 256  # summary parts: a book gets no more parts than it has this many tokens
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Job:
 
     evidence_tokens: int = 0  # infini: the book's central passages in the final prompt, in tokens
     cast: int = 0  # infini: this many main characters named in the final prompt
+    part_words: int = 0  # infini: the summary in parts of about this many words (summary_parts); 0: whole
 
     def model(self, name: str) -> LoadedModel:
         """The loaded model; ConfigError when the caller gave none."""
@@ -96,6 +100,7 @@ class Draft:
     generation: dict | None = None  # the decoding settings used, when they differ from the Job's
     seconds: dict[str, float] = field(default_factory=dict)  # stages timed inside (stream, generate)
     chapters: tuple[ChapterNote, ...] = ()  # infini with chapter_words: the notes, in reading order
+    parts: int = 1  # infini: the parts the summary was written in, along the book (1: whole, at the end)
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,15 @@ class Strategy:
 
 
 def infini(job: Job) -> Draft:
-    """Stream the chat opening and the whole book through the memory (or take a saved state of it;
-    with ``chapter_words``, write a note after each chapter), then generate the summary from the
-    memory and the local segment: the end of the book, then the ask that closes the user turn
-    (``evidence.book_evidence``: the book's central passages and most mentioned names as the job
-    asks, then the instruction; a saved state carries them, for ``infsum ask``)."""
+    """Stream the chat opening and the whole book through the memory (or take a saved state of it)
+    and write the summary from it: in ``summary_parts`` parts, each as soon as its share of the book
+    has streamed (the memory of everything before, the share's end in local attention, and the
+    share's central passages and names, then ``PART_INSTRUCTION``), or whole after the book (the
+    end of the book, then the ask that closes the user turn: ``evidence.book_evidence``, the book's
+    central passages and most mentioned names as the job asks, then the instruction). With
+    ``chapter_words``, a note after each chapter too. A saved state is always written from whole,
+    and so is a summary with the user's instruction. The state saved on request carries the
+    book's evidence, for ``infsum ask``."""
     from .engine import InfiniReader, identity, save_state
     from .evidence import book_evidence, evidence_budget
 
@@ -129,40 +138,50 @@ def infini(job: Job) -> Draft:
     model, adapter = job.infini
     ids, starts = book_tokens(tok, job.book)
     reader = InfiniReader(model)
+    spare = job.generation.spare_names
+    names = characters((c.text for c in job.book.chapters), top=spare) if spare else ()
+    whole = job.state is not None or job.instruction is not None
+    n_parts = 1 if whole else summary_parts(job.words, job.part_words, len(ids))
 
     def on_tokens(done: int, total: int) -> None:
         job.progress(Step("stream", done, total, chapter_at(starts, max(done - 1, 0))))
 
     t0 = time.perf_counter()
     notes: tuple[ChapterNote, ...] = ()
-    notes_s = 0.0
+    parts: tuple[str, ...] = ()
+    notes_s = parts_s = 0.0
+    gen = job.generation
     if job.state is not None:  # read once: a saved state of this book
         state = job.state
-    elif job.chapter_words is not None:
-        state, notes, notes_s = read_with_notes(job, reader, ids, starts, on_tokens)
     else:
-        state = reader.read(ids, progress=on_tokens)
-    stream_s = time.perf_counter() - t0 - notes_s
+        state, notes, notes_s, parts, parts_s, gen = read_writing(
+            job, reader, ids, starts, on_tokens, n_parts, names
+        )
+    stream_s = time.perf_counter() - t0 - notes_s - parts_s
     t0 = time.perf_counter()
-    evidence = book_evidence(
-        tok,
-        job.book.text,
-        (c.text for c in job.book.chapters),
-        evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
-        cast=job.cast,
-    )
+    evidence = None
+    if n_parts == 1 or job.state_path is not None:
+        evidence = book_evidence(
+            tok,
+            job.book.text,
+            (c.text for c in job.book.chapters),
+            evidence_tokens=evidence_budget(job.evidence_tokens, model.cfg.segment_len),
+            cast=job.cast,
+        )
     if job.state_path is not None:
         ident = identity(job.model("infini").name, adapter, job.book)
         save_state(state, job.state_path, identity=ident, context=evidence.context())
-    ask = evidence.ask(job.summary_instruction)
-    budget = max_new_tokens(job.words)
+    if n_parts == 1:
+        budget = max_new_tokens(job.words)
 
-    def count(n: int) -> None:
-        job.progress(Step("generate", n, budget))
+        def count(n: int) -> None:
+            job.progress(Step("generate", n, budget))
 
-    spare = job.generation.spare_names
-    names = characters((c.text for c in job.book.chapters), top=spare) if spare else ()
-    text, gen = answer(reader, state, tok, ask, job.words, job.generation, count, names)
+        text, gen = answer(
+            reader, state, tok, evidence.ask(job.summary_instruction), job.words, gen, count, names
+        )
+    else:
+        text = "\n\n".join(parts)
     return Draft(
         text,
         tokens=len(ids),
@@ -172,10 +191,20 @@ def infini(job: Job) -> Draft:
         seconds={
             "stream": stream_s,
             **({"notes": notes_s} if notes else {}),
-            "generate": time.perf_counter() - t0,
+            "generate": time.perf_counter() - t0 + parts_s,
         },
         chapters=notes,
+        parts=n_parts,
     )
+
+
+def summary_parts(words: int, part_words: int, tokens: int) -> int:
+    """How many parts a summary of ``words`` words is written in along a book of ``tokens`` tokens:
+    about ``part_words`` words each, at most one per ``MIN_PART_TOKENS`` tokens; 1 (written whole,
+    after the book) for ``part_words`` 0 or a summary of less than one and a half parts."""
+    if part_words <= 0:
+        return 1
+    return max(1, min(round(words / part_words), tokens // MIN_PART_TOKENS))
 
 
 def answer(
@@ -237,31 +266,73 @@ def note_spans(
     return out
 
 
-def read_with_notes(
-    job: Job, reader: InfiniReader, ids: list[int], starts: list[tuple[int, str]], on_tokens: Counter
-) -> tuple[ReaderState, tuple[ChapterNote, ...], float]:
-    """Read ``ids`` part by part (``note_spans``), writing a note of ``job.chapter_words`` words
-    after each from the memory of everything before and the part's end in local attention (the
-    note prompt closes the user turn, as the summary instruction does; generating leaves the state
-    as it was, so the notes change nothing in the summary) -> (state, notes, seconds writing them)."""
+def read_writing(
+    job: Job,
+    reader: InfiniReader,
+    ids: list[int],
+    starts: list[tuple[int, str]],
+    on_tokens: Counter,
+    parts: int = 1,
+    names: Sequence[str] = (),
+) -> tuple[ReaderState, tuple[ChapterNote, ...], float, tuple[str, ...], float, GenerationConfig]:
+    """Read ``ids`` in order, stopping wherever something is written from the state read so far
+    (generating leaves the state as it was, so what is written changes nothing in the memory):
+    with ``job.chapter_words``, a note of that many words after each chapter (``note_spans``;
+    ``CHAPTER_INSTRUCTION`` closes the user turn); with ``parts`` above 1, a part of the summary
+    after each of ``parts`` equal shares of the book, beside the share's central passages and names
+    (``PART_EVIDENCE_TOKENS`` at most, and ``job.cast`` names) and ``PART_INSTRUCTION``, with the
+    book's ``names`` spared by the repetition rules -> (state, notes, seconds writing them, parts,
+    seconds writing them, the parts' decoding settings)."""
+    from .evidence import book_evidence, evidence_budget
+
     tok = job.model("infini").tokenizer
-    budget = max_new_tokens(job.chapter_words or 1)
-    gen = replace(job.generation, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
-    prompt = chat_prompt(tok, CHAPTER_INSTRUCTION.format(words=job.chapter_words)).closing
-    spans = note_spans(tok, job.book, ids, starts)
-    state, notes, seconds = None, [], 0.0
-    for i, (title, a, b, words) in enumerate(spans):
-        state = reader.read(ids[a:b], state, progress=lambda d, _n, a=a: on_tokens(a + d, len(ids)))
-        t0 = time.perf_counter()
-        job.progress(Step("notes", i, len(spans), title))
-        note = trim_to_sentence(
-            tok.decode(reader.generate(state, prompt, gen, tok.eos_ids), skip_special=True)
-        )
-        notes.append(ChapterNote(title, words, b - a, note))
-        seconds += time.perf_counter() - t0
-    job.progress(Step("notes", len(spans), len(spans)))
-    assert state is not None, "note_spans always gives a part: the chat opening at least"
-    return state, tuple(notes), seconds
+    note_at = {b: (title, a, words) for title, a, b, words in note_spans(tok, job.book, ids, starts)}
+    if job.chapter_words is None:
+        note_at = {}
+    bounds = [round(i * len(ids) / parts) for i in range(parts + 1)]
+    part_at = dict(zip(bounds[1:], bounds[:-1], strict=True)) if parts > 1 else {}
+    note_budget = max_new_tokens(job.chapter_words or 1)
+    note_gen = replace(job.generation, max_new_tokens=note_budget, min_new_tokens=min_new_tokens(note_budget))
+    note_prompt = chat_prompt(tok, CHAPTER_INSTRUCTION.format(words=job.chapter_words)).closing
+    part_words = max(1, job.words // parts)
+    part_budget = max_new_tokens(part_words)
+    part_evidence = evidence_budget(min(job.evidence_tokens, PART_EVIDENCE_TOKENS), reader.cfg.segment_len)
+    book_start = starts[0][0] if starts else 0  # the chat opening is no passage of the book
+    state, notes, written, gen = None, [], [], job.generation
+    seconds = {"notes": 0.0, "parts": 0.0}
+    at = 0
+    for stop in sorted({*note_at, *part_at, len(ids)}):
+        state = reader.read(ids[at:stop], state, progress=lambda d, _n, a=at: on_tokens(a + d, len(ids)))
+        at = stop
+        if stop in note_at:
+            title, a, words = note_at[stop]
+            t0 = time.perf_counter()
+            job.progress(Step("notes", len(notes), len(note_at), title))
+            note = tok.decode(reader.generate(state, note_prompt, note_gen, tok.eos_ids), skip_special=True)
+            notes.append(ChapterNote(title, words, stop - a, trim_to_sentence(note)))
+            seconds["notes"] += time.perf_counter() - t0
+        if stop in part_at:
+            t0 = time.perf_counter()
+            share = tok.decode(ids[max(part_at[stop], book_start) : stop], skip_special=True)
+            ask = book_evidence(
+                tok,
+                share,
+                [share],
+                evidence_tokens=part_evidence,
+                cast=job.cast,
+            ).ask(PART_INSTRUCTION.format(words=part_words))
+            done = len(written) * part_budget
+
+            def count(n: int, done: int = done) -> None:
+                job.progress(Step("generate", done + n, parts * part_budget))
+
+            text, gen = answer(reader, state, tok, ask, part_words, job.generation, count, names)
+            written.append(trim_to_sentence(text))
+            seconds["parts"] += time.perf_counter() - t0
+    if note_at:
+        job.progress(Step("notes", len(note_at), len(note_at)))
+    assert state is not None, "there is always one stop: the end of the book"
+    return state, tuple(notes), seconds["notes"], tuple(written), seconds["parts"], gen
 
 
 # ---------------------------------------------------------------- model baselines

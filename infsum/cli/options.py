@@ -162,6 +162,15 @@ SpareNames = Annotated[
         "written again as the book spells it; 0 = none.",
     ),
 ]
+PartWords = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        metavar="N",
+        help="infini: write the summary in parts of about N words, each as soon as its share of the "
+        "book has streamed, beside that share's central passages; 0 = the whole summary after the book.",
+    ),
+]
 Update = Annotated[Literal[UPDATE_RULES], typer.Option(help="Memory update rule.")]
 Memory = Annotated[Literal["on", "off"], typer.Option(help="off: local attention only.")]
 MemoryVariant = Annotated[
@@ -231,6 +240,7 @@ class RunOptions:
     evidence_tokens: EvidenceTokens = SummarizeConfig.evidence_tokens
     cast: Cast = SummarizeConfig.cast
     spare_names: SpareNames = GenerationConfig.spare_names
+    part_words: PartWords = SummarizeConfig.part_words
     adapter: Adapter = None
     no_adapter: NoAdapter = False
     instruction: Instruction = None
@@ -253,6 +263,7 @@ class RunOptions:
             words=self.words,
             evidence_tokens=self.evidence_tokens,
             cast=self.cast,
+            part_words=self.part_words,
             memory=MemoryConfig(
                 segment_len=self.segment_len,
                 update=self.update,
