@@ -286,9 +286,11 @@ def read_writing(
     from .evidence import book_evidence, evidence_budget
 
     tok = job.model("infini").tokenizer
-    note_at = {b: (title, a, words) for title, a, b, words in note_spans(tok, job.book, ids, starts)}
-    if job.chapter_words is None:
-        note_at = {}
+    note_at = (
+        {b: (title, a, words) for title, a, b, words in note_spans(tok, job.book, ids, starts)}
+        if job.chapter_words is not None
+        else {}
+    )
     bounds = [round(i * len(ids) / parts) for i in range(parts + 1)]
     part_at = dict(zip(bounds[1:], bounds[:-1], strict=True)) if parts > 1 else {}
     note_budget = max_new_tokens(job.chapter_words or 1)
