@@ -9,6 +9,14 @@ state saved; the whole summary (``--part-words 0``) is then written from that sa
 is always written from whole), so both share one read; TextRank beside them. One JSON line per
 novel (resumable: novels already in OUT are skipped), then the means, the paired differences with
 bootstrap intervals, and invented names per summary.
+
+With ``--run-dir DIR`` each novel's three summaries are also stored as rows of the quality harness
+(``bench.quality``), as strategies ``infini``, ``infini-whole`` and ``textrank``, so that
+
+    python -m bench.quality --data books --strategies lead,textrank,infini,infini-whole --run-dir DIR
+
+tabulates them beside the other strategies without reading the novels again. The ``infini-whole``
+row's seconds are the shared read's streaming seconds plus its own writing.
 """
 
 from __future__ import annotations
@@ -16,31 +24,66 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
+from bench.quality import Item, ModelSpec, PeakRSS, Runner, item_path, result_row, write_json_atomic
 from infsum.config import SummarizeConfig
-from infsum.models import load_model
-from infsum.pipeline import summarize
+from infsum.pipeline import SummaryResult, summarize
+from infsum.readers import load_book
 from infsum.scoring import bootstrap_ci
 
 BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "books"
 MODES = ("parts", "whole", "textrank")
+HARNESS = {"parts": "infini", "whole": "infini-whole", "textrank": "textrank"}  # bench.quality's names
 
 
-def run(name: str, loaded) -> dict:
-    """One novel: Overall (percent) and invented names of each mode."""
-    book, ref = BOOKS / name / "text.txt", (BOOKS / name / "summary.txt").read_text(encoding="utf-8")
-    cfg = SummarizeConfig(words=len(ref.split()))
+def run(name: str, runner: Runner, run_dir: Path | None = None) -> dict:
+    """One novel: Overall (percent) and invented names of each mode; with ``run_dir``, each mode's
+    harness row stored there."""
+    ref = (BOOKS / name / "summary.txt").read_text(encoding="utf-8")
+    item = Item(name, BOOKS / name / "text.txt", (ref,))
+    book = load_book(item.path)
+    cfg = SummarizeConfig(words=item.ref_words)
+    loaded = runner.loaded()
+    out: dict[str, tuple[SummaryResult, float, float]] = {}
+
+    def timed(mode: str, call) -> None:
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            result = call()
+        out[mode] = result, time.perf_counter() - t0, rss.mb
+
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.infsum"
-        parts = summarize(book, cfg, references=[ref], model=loaded, state_path=state)
-        whole = summarize(book, cfg, references=[ref], model=loaded, from_state=state)
-    textrank = summarize(book, SummarizeConfig(words=cfg.words, strategy="textrank"), references=[ref])
+        timed("parts", lambda: summarize(book, cfg, references=[ref], model=loaded, state_path=state))
+        timed("whole", lambda: summarize(book, cfg, references=[ref], model=loaded, from_state=state))
+    tr_cfg = SummarizeConfig(words=cfg.words, strategy="textrank")
+    timed("textrank", lambda: summarize(book, tr_cfg, references=[ref]))
+    parts, whole = out["parts"][0], out["whole"][0]
     row = {"book": name, "words": cfg.words, "parts_n": parts.parts, "tokens": parts.tokens}
-    for mode, r in zip(MODES, (parts, whole, textrank), strict=True):
-        row[mode] = round(100 * r.rouge.overall, 2)
-        row[f"{mode}_invented"] = len(r.unsupported_names)
-        row[f"{mode}_summary"] = r.summary
+    for mode in MODES:
+        result, seconds, rss_mb = out[mode]
+        row[mode] = round(100 * result.rouge.overall, 2)
+        row[f"{mode}_invented"] = len(result.unsupported_names)
+        row[f"{mode}_summary"] = result.summary
+        if run_dir is not None:
+            strategy = HARNESS[mode]
+            if mode == "whole":  # written from the saved state: add the read it shares with the parts
+                seconds += parts.seconds["stream"]
+            harness = result_row(
+                strategy,
+                item,
+                book,
+                result,
+                cfg.words,
+                seconds=seconds,
+                peak_rss_mb=rss_mb,
+                peak_gpu_mb=None,
+                where=runner.where(strategy),
+                workers=1,
+            )
+            write_json_atomic(item_path(run_dir, strategy, item), harness)
     row["seconds"] = {"parts": parts.seconds, "whole": whole.seconds}
     return row
 
@@ -67,6 +110,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per novel (resumable)")
     p.add_argument("--items", default="", help="comma-separated novels (default: all, shortest first)")
+    p.add_argument("--run-dir", type=Path, default=None, help="also store bench.quality rows here")
     args = p.parse_args()
     names = (
         args.items.split(",")
@@ -79,12 +123,11 @@ def main() -> None:
     done = {}
     if args.out.is_file():
         done = {r["book"]: r for r in map(json.loads, args.out.read_text().splitlines())}
-    loaded = None
+    runner = Runner(ModelSpec())  # infsum's default model, loaded on first need
     for name in names:
         if name in done:
             continue
-        loaded = loaded or load_model()
-        row = run(name, loaded)
+        row = run(name, runner, args.run_dir)
         with args.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         done[name] = row

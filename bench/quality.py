@@ -58,8 +58,9 @@ from infsum.tokenizer import first_line
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {"squality-dev": SHARED_DATA / "squality" / "dev", "books": SHARED_DATA / "books"}
-# the infini strategy with its memory off, and without its adapter: the controls it is measured against
-INFINI_CONTROLS = ("infini-memory-off", "infini-untrained")
+# the infini strategy with its memory off, without its adapter, and written whole after the book
+# (``--part-words 0``): the controls it is measured against
+INFINI_CONTROLS = ("infini-memory-off", "infini-untrained", "infini-whole")
 COLUMNS = (*METRICS, "overall")
 
 
@@ -204,6 +205,8 @@ class Runner:
             cfg = replace(cfg, strategy="infini", memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":
             cfg = replace(cfg, strategy="infini", adapter=None)
+        elif strategy == "infini-whole":
+            cfg = replace(cfg, strategy="infini", part_words=0)
         return summarize(book, cfg, model=self.loaded() if self.uses_model(strategy) else None)
 
 
@@ -239,18 +242,47 @@ def run_one(runner: Runner, strategy: str, item: Item, words: int | None, worker
         book = load_book(item.path)
         result = runner.summarize(strategy, book, target)
         seconds = time.perf_counter() - t0
+    peak_gpu = None if cuda is None else round(torch.cuda.max_memory_allocated(cuda) / 2**20, 1)
+    return result_row(
+        strategy,
+        item,
+        book,
+        result,
+        target,
+        seconds=seconds,
+        peak_rss_mb=rss.mb,
+        peak_gpu_mb=peak_gpu,
+        where=where,
+        workers=workers,
+    )
+
+
+def result_row(
+    strategy: str,
+    item: Item,
+    book: Book,
+    result: SummaryResult,
+    words_target: int,
+    *,
+    seconds: float,
+    peak_rss_mb: float,
+    peak_gpu_mb: float | None,
+    where: dict,
+    workers: int = 1,
+) -> dict:
+    """The stored row of one (strategy, item) pair: its summary scored against the item's
+    references, its invented names and coverage, and what it cost (``where``: device and dtype)."""
     summary = result.summary
     scores = score(summary, item.references)
-    peak_gpu = None if cuda is None else round(torch.cuda.max_memory_allocated(cuda) / 2**20, 1)
     return {
         "strategy": strategy,
         "item": item.id,
-        "words_target": target,
+        "words_target": words_target,
         "summary_words": len(summary.split()),
         "book_words": book.words,
         "seconds": round(seconds, 3),
-        "peak_rss_mb": round(rss.mb, 1),
-        "peak_gpu_mb": peak_gpu,
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "peak_gpu_mb": peak_gpu_mb,
         **where,
         "workers": workers,
         "scores": scores.to_dict(),
@@ -392,11 +424,12 @@ def rouge_scores(d: dict) -> RougeScores:
 
 def table(rows: Sequence[dict]) -> list[dict]:
     """Per strategy (in first-seen order): n, mean F1 of each metric and Overall in percent with
-    a bootstrap 95% interval (from 5 items up), mean seconds, peak RSS and peak GPU memory (None
-    off CUDA) per item, the devices the rows were computed on, the mean count of invented names per
-    summary (``invented_names``), and where the summaries come from in the books: ``coverage``, the
-    mean share (percent) of a summary's sentences matched in each tenth of the book (unmatched ones
-    in no tenth), and ``last_tenth``, its last value (None for rows that have neither)."""
+    a bootstrap 95% interval (from 5 items up), mean seconds, peak RSS (None where no row measured
+    it) and peak GPU memory (None off CUDA) per item, the devices the rows were computed on, the
+    mean count of invented names per summary (``invented_names``), and where the summaries come
+    from in the books: ``coverage``, the mean share (percent) of a summary's sentences matched in
+    each tenth of the book (unmatched ones in no tenth), and ``last_tenth``, its last value (None
+    for rows that have neither)."""
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == strategy]
@@ -407,7 +440,8 @@ def table(rows: Sequence[dict]) -> list[dict]:
             ci = stats[name].ci
             entry[f"{name}_ci"] = [round(100 * ci[0], 2), round(100 * ci[1], 2)] if ci else None
         entry["seconds"] = round(sum(r["seconds"] for r in mine) / len(mine), 2)
-        entry["peak_rss_mb"] = round(sum(r["peak_rss_mb"] for r in mine) / len(mine), 1)
+        rss = [r["peak_rss_mb"] for r in mine if r.get("peak_rss_mb") is not None]  # unmeasured: None
+        entry["peak_rss_mb"] = round(sum(rss) / len(rss), 1) if rss else None
         gpu = [r["peak_gpu_mb"] for r in mine if r.get("peak_gpu_mb") is not None]
         entry["peak_gpu_mb"] = round(sum(gpu) / len(gpu), 1) if gpu else None
         entry["devices"] = sorted({r.get("device") or "unrecorded" for r in mine})
@@ -433,13 +467,14 @@ def table_markdown(entries: Sequence[dict]) -> str:
         ci = e["overall_ci"]
         overall = f"{e['overall']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
         gpu = "-" if e.get("peak_gpu_mb") is None else f"{e['peak_gpu_mb']:.0f}"
+        rss = "-" if e.get("peak_rss_mb") is None else f"{e['peak_rss_mb']:.0f}"
         names = "-" if e.get("invented_names") is None else f"{e['invented_names']:.2f}"
         cov = e.get("coverage")
         last, tenths = ("-", "-") if cov is None else (f"{cov[-1]:.1f}", " ".join(f"{c:.0f}" for c in cov))
         lines.append(
             f"| {e['strategy']} | {e['n']} | {e['rouge1']:.1f} | {e['rouge2']:.1f} | {e['rougeL']:.1f} "
             f"| {e['rougeLsum']:.1f} | {overall} | {names} | {last} | {tenths} | {e['seconds']:.2f} "
-            f"| {e['peak_rss_mb']:.0f} "
+            f"| {rss} "
             f"| {gpu} | {', '.join(e.get('devices', ['unrecorded']))} |"
         )
     return "\n".join(lines) + "\n"

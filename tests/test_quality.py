@@ -48,6 +48,39 @@ def test_table_has_an_interval_from_five_items(quality) -> None:
     assert "| a | 5 |" in quality.table_markdown([entry])
 
 
+def test_rows_without_peak_rss_still_tabulate(quality) -> None:
+    rows = [fake_row("a", f"i{k}", 0.4, 0.1, 0.2) for k in range(3)]
+    for r in rows[:2]:
+        r["peak_rss_mb"] = None  # stored by a run that did not measure it
+    (entry,) = quality.table(rows)
+    assert entry["peak_rss_mb"] == 100.0  # the mean over the rows that measured it
+    (entry,) = quality.table(rows[:2])
+    assert entry["peak_rss_mb"] is None
+    assert "| 2.00 | - | - | unrecorded |" in quality.table_markdown([entry])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "setting"),
+    [
+        ("infini", ("infini", True, "default", 70)),
+        ("infini-memory-off", ("infini", False, "default", 70)),
+        ("infini-untrained", ("infini", True, None, 70)),
+        ("infini-whole", ("infini", True, "default", 0)),
+    ],
+)
+def test_infini_controls_change_one_setting_each(quality, monkeypatch, strategy: str, setting: tuple) -> None:
+    import infsum.pipeline
+
+    seen = []
+    monkeypatch.setattr(infsum.pipeline, "summarize", lambda book, cfg, model=None: seen.append(cfg))
+    runner = quality.Runner(quality.ModelSpec())
+    monkeypatch.setattr(runner, "loaded", lambda: None)  # the configuration alone is under test
+    runner.summarize(strategy, book=None, words=50)
+    (cfg,) = seen
+    assert (cfg.strategy, cfg.memory.enabled, cfg.adapter, cfg.part_words) == setting
+    assert cfg.words == 50
+
+
 def make_dataset(root: Path) -> Path:
     """Two SQuALITY-style stories with two references each, and one books-style folder."""
     words = "The robot walked to the river. It saw a fish there. The fish spoke to the robot."
