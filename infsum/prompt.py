@@ -34,6 +34,11 @@ TOKENS_PER_WORD = 1.6  # English prose with the SmolLM2 tokenizer, with room for
 MAX_NEW_TOKENS = 2048
 MIN_ANSWER_SHARE = 0.5  # of the token budget: see min_new_tokens
 _LIST_MARK = re.compile(r"(?:^|\n)[ \t]*\d{1,3}[.)]$")  # a numbered list's next marker, left alone
+# an answer's talk about its own length ("The part of the book about 67 words is:"): a count of
+# words, then the lead-in's end (a comma or a colon, maybe after "is") before any content
+_LENGTH = re.compile(r"\b\d[\d,]*\s+words?\b", re.IGNORECASE)
+_LEAD_IN_END = re.compile(r"\s*(?:(?:is|are|was|were)\s*)?[:,]\s*", re.IGNORECASE)
+MIN_KEPT_WORDS = 3  # content after a lead-in shorter than this (in words with letters) goes with it
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,42 @@ def trim_to_sentence(text: str) -> str:
     if ends and ends[-1] < len(text) and ends[-1] >= len(text) // 2:
         return text[: ends[-1]]
     return text
+
+
+def drop_length_talk(text: str) -> str:
+    """``text`` without the sentences in which an answer talks about its own length: small models
+    asked for "about N words" echo it ("The part of the book about 67 words is:", "The book ends
+    with a summary of the events in 67 words"). A sentence with a count of words loses its lead-in
+    up to the comma or colon after the count when at least ``MIN_KEPT_WORDS`` words follow ("In
+    the part of the book about 68 words, Retief is sent..." keeps "Retief is sent..."), and is
+    dropped otherwise. Lines without a count are left exactly as they are; applying it twice
+    changes nothing."""
+    if not _LENGTH.search(text):
+        return text
+    lines = []
+    for line in text.split("\n"):
+        if not _LENGTH.search(line):
+            lines.append(line)
+            continue
+        kept, start = [], 0
+        for end in [*sentence_ends(line), len(line)]:
+            if sentence := _without_length_talk(line[start:end].strip()):
+                kept.append(sentence)
+            start = end
+        if kept:  # a line left empty goes, so no paragraph break appears where there was none
+            lines.append(" ".join(kept))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _without_length_talk(sentence: str) -> str:
+    """One sentence with its length-talk lead-ins removed, or "" when nothing else is left."""
+    while m := _LENGTH.search(sentence):
+        lead = _LEAD_IN_END.match(sentence, m.end())
+        rest = sentence[lead.end() :] if lead else ""
+        if sum(any(c.isalpha() for c in w) for w in rest.split()) < MIN_KEPT_WORDS:
+            return ""
+        sentence = rest[0].upper() + rest[1:]
+    return sentence
 
 
 def trim_to_words(text: str, words: int) -> str:

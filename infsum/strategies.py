@@ -34,6 +34,7 @@ from .prompt import (
     book_tokens,
     chapter_at,
     chat_prompt,
+    drop_length_talk,
     max_new_tokens,
     min_new_tokens,
     summary_instruction,
@@ -311,7 +312,7 @@ def read_writing(
             t0 = time.perf_counter()
             job.progress(Step("notes", len(notes), len(note_at), title))
             note = tok.decode(reader.generate(state, note_prompt, note_gen, tok.eos_ids), skip_special=True)
-            notes.append(ChapterNote(title, words, stop - a, trim_to_sentence(note)))
+            notes.append(ChapterNote(title, words, stop - a, drop_length_talk(trim_to_sentence(note))))
             seconds["notes"] += time.perf_counter() - t0
         if stop in part_at:
             t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from infsum.evidence import central_passages
 from infsum.models import load_model
 from infsum.passkey import ANSWER_PREFIX, ANSWER_SLACK, QUESTION, FillerSource, make_sample
 from infsum.pipeline import summarize
-from infsum.prompt import INSTRUCTION, chat_prompt, trim_to_sentence, trim_to_words
+from infsum.prompt import INSTRUCTION, chat_prompt, drop_length_talk, trim_to_sentence, trim_to_words
 from infsum.readers import Book, Chapter
 from infsum.sentences import sentence_ends, split_sentences
 from infsum.strategies import WindowSummarizer
@@ -140,6 +140,38 @@ def test_trim_to_words_cuts_at_a_sentence_end_within_the_budget() -> None:
     assert trim_to_words("no sentence end at all here", 2) == "no sentence end at all here"
 
 
+@pytest.mark.parametrize(
+    ("answer", "cleaned"),
+    [
+        # a lead-in up to the comma or colon after the count goes; what follows stays, capitalised
+        (
+            "In the part of the book about 68 words, Retief is sent to Adobe. He goes.",
+            "Retief is sent to Adobe. He goes.",
+        ),
+        (
+            "The part of the book about 67 words is: anne meets Wentworth at Bath.",
+            "Anne meets Wentworth at Bath.",
+        ),
+        # nothing (or numbers, or under three words) after the count: the sentence goes
+        ("Anne walks. The book ends with a summary of the events in 67 words.", "Anne walks."),
+        ("Anne walks. The story is told in 70 words: she sits.", "Anne walks."),
+        ("In 76 words: 102945\n\nAnne walks.", "Anne walks."),
+        (
+            "Korvin waits. This summary, in 1,200 words, says little of it.",
+            "Korvin waits. Says little of it.",
+        ),
+        # a line emptied goes with its line break; a paragraph emptied leaves one blank line
+        ("Anne walks.\nIt is told in 65 words.\nShe sits.", "Anne walks.\nShe sits."),
+        ("Anne walks.\n\nIt is told in 65 words.\n\nShe sits.", "Anne walks.\n\nShe sits."),
+        # no count of words: exactly as it was, numbers and spacing included
+        ("He had 3 sons.\n\n  Then  40 wordsmiths came. ", "He had 3 sons.\n\n  Then  40 wordsmiths came. "),
+    ],
+)
+def test_drop_length_talk(answer: str, cleaned: str) -> None:
+    assert drop_length_talk(answer) == cleaned
+    assert drop_length_talk(cleaned) == cleaned  # applying it again changes nothing
+
+
 def test_pipeline_holds_a_model_summary_to_the_words_asked(
     loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,3 +185,17 @@ def test_pipeline_holds_a_model_summary_to_the_words_asked(
     cfg = SummarizeConfig(model=str(tiny_model_dir), words=4, memory=MemoryConfig(segment_len=64))
     assert summarize(book, cfg, model=loaded).summary == "One two three."
     assert summarize(book, copy(cfg, words=7), model=loaded).summary == "One two three. Four five six."
+
+
+def test_pipeline_drops_a_summary_s_talk_about_its_length(
+    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace as copy
+
+    from infsum.strategies import STRATEGIES, Draft
+
+    written = "The part of the book about 9 words is: one two three.\n\nThe story is told in 9 words."
+    monkeypatch.setitem(STRATEGIES, "infini", copy(STRATEGIES["infini"], run=lambda job: Draft(written)))
+    book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=30, memory=MemoryConfig(segment_len=64))
+    assert summarize(book, cfg, model=loaded).summary == "One two three."
