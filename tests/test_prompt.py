@@ -172,30 +172,28 @@ def test_drop_length_talk(answer: str, cleaned: str) -> None:
     assert drop_length_talk(cleaned) == cleaned  # applying it again changes nothing
 
 
-def test_pipeline_holds_a_model_summary_to_the_words_asked(
-    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("written", "words", "summary"),
+    [
+        # held to the words asked, at a sentence end; a last sentence cut off mid-way is dropped
+        ("One two three. Four five six. Seven eight nine ten", 4, "One two three."),
+        ("One two three. Four five six. Seven eight nine ten", 7, "One two three. Four five six."),
+        # the answer's talk about its own length goes last
+        (
+            "The part of the book about 9 words is: one two three.\n\nThe story is told in 9 words.",
+            30,
+            "One two three.",
+        ),
+    ],
+)
+def test_pipeline_trims_a_model_summary(
+    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, written: str, words: int, summary: str
 ) -> None:
     from dataclasses import replace as copy
 
     from infsum.strategies import STRATEGIES, Draft
 
-    written = "One two three. Four five six. Seven eight nine ten"
     monkeypatch.setitem(STRATEGIES, "infini", copy(STRATEGIES["infini"], run=lambda job: Draft(written)))
     book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
-    cfg = SummarizeConfig(model=str(tiny_model_dir), words=4, memory=MemoryConfig(segment_len=64))
-    assert summarize(book, cfg, model=loaded).summary == "One two three."
-    assert summarize(book, copy(cfg, words=7), model=loaded).summary == "One two three. Four five six."
-
-
-def test_pipeline_drops_a_summary_s_talk_about_its_length(
-    loaded, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dataclasses import replace as copy
-
-    from infsum.strategies import STRATEGIES, Draft
-
-    written = "The part of the book about 9 words is: one two three.\n\nThe story is told in 9 words."
-    monkeypatch.setitem(STRATEGIES, "infini", copy(STRATEGIES["infini"], run=lambda job: Draft(written)))
-    book = Book("The Keeper", None, "en", (Chapter("One", DOCUMENT),), "keeper.txt")
-    cfg = SummarizeConfig(model=str(tiny_model_dir), words=30, memory=MemoryConfig(segment_len=64))
-    assert summarize(book, cfg, model=loaded).summary == "One two three."
+    cfg = SummarizeConfig(model=str(tiny_model_dir), words=words, memory=MemoryConfig(segment_len=64))
+    assert summarize(book, cfg, model=loaded).summary == summary
