@@ -27,22 +27,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.quality import Item, ModelSpec, PeakRSS, Runner, item_path, result_row, write_json_atomic
+from bench.quality import (
+    Item,
+    ModelSpec,
+    PeakRSS,
+    Runner,
+    item_path,
+    load_items,
+    result_row,
+    write_json_atomic,
+)
 from infsum.config import SummarizeConfig
 from infsum.pipeline import SummaryResult, summarize
 from infsum.readers import load_book
 from infsum.scoring import bootstrap_ci
 
-BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "books"
 MODES = ("parts", "whole", "textrank")
 HARNESS = {"parts": "infini", "whole": "infini-whole", "textrank": "textrank"}  # bench.quality's names
 
 
-def run(name: str, runner: Runner, run_dir: Path | None = None) -> dict:
+def run(item: Item, runner: Runner, run_dir: Path | None = None) -> dict:
     """One novel: Overall (percent) and invented names of each mode; with ``run_dir``, each mode's
     harness row stored there."""
-    ref = (BOOKS / name / "summary.txt").read_text(encoding="utf-8")
-    item = Item(name, BOOKS / name / "text.txt", (ref,))
+    refs = list(item.references)
     book = load_book(item.path)
     cfg = SummarizeConfig(words=item.ref_words)
     loaded = runner.loaded()
@@ -56,12 +63,12 @@ def run(name: str, runner: Runner, run_dir: Path | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state.infsum"
-        timed("parts", lambda: summarize(book, cfg, references=[ref], model=loaded, state_path=state))
-        timed("whole", lambda: summarize(book, cfg, references=[ref], model=loaded, from_state=state))
+        timed("parts", lambda: summarize(book, cfg, references=refs, model=loaded, state_path=state))
+        timed("whole", lambda: summarize(book, cfg, references=refs, model=loaded, from_state=state))
     tr_cfg = SummarizeConfig(words=cfg.words, strategy="textrank")
-    timed("textrank", lambda: summarize(book, tr_cfg, references=[ref]))
+    timed("textrank", lambda: summarize(book, tr_cfg, references=refs))
     parts, whole = out["parts"][0], out["whole"][0]
-    row = {"book": name, "words": cfg.words, "parts_n": parts.parts, "tokens": parts.tokens}
+    row = {"book": item.id, "words": cfg.words, "parts_n": parts.parts, "tokens": parts.tokens}
     for mode in MODES:
         result, seconds, rss_mb = out[mode]
         row[mode] = round(100 * result.rouge.overall, 2)
@@ -112,27 +119,23 @@ def main() -> None:
     p.add_argument("--items", default="", help="comma-separated novels (default: all, shortest first)")
     p.add_argument("--run-dir", type=Path, default=None, help="also store bench.quality rows here")
     args = p.parse_args()
-    names = (
-        args.items.split(",")
-        if args.items
-        else sorted(
-            (d.name for d in BOOKS.iterdir() if d.is_dir()),
-            key=lambda n: (BOOKS / n / "text.txt").stat().st_size,
-        )
-    )
+    only = [s.strip() for s in args.items.split(",") if s.strip()]
+    items = load_items("books", only=only)
+    if not only:
+        items.sort(key=lambda i: i.path.stat().st_size)
     done = {}
     if args.out.is_file():
         done = {r["book"]: r for r in map(json.loads, args.out.read_text().splitlines())}
     runner = Runner(ModelSpec())  # infsum's default model, loaded on first need
-    for name in names:
-        if name in done:
+    for item in items:
+        if item.id in done:
             continue
-        row = run(name, runner, args.run_dir)
+        row = run(item, runner, args.run_dir)
         with args.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        done[name] = row
+        done[item.id] = row
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_summary")}), flush=True)
-    print(json.dumps(report([done[n] for n in names if n in done]), indent=2))
+    print(json.dumps(report([done[i.id] for i in items if i.id in done]), indent=2))
 
 
 if __name__ == "__main__":
