@@ -181,6 +181,9 @@ class TrainConfig:
     # (infsum.evidence; the evidence capped at half a segment there as here)
     evidence_tokens: int = 1024
     cast: int = 5
+    # and, as at inference, part examples for a summary written in parts (infsum.training_data);
+    # 0: whole-summary examples only
+    part_words: int = 70
     passkey_anywhere: bool = False  # keys at any depth, the local segment too (else before the last one)
     init_adapter: Path | None = None  # start from this adapter's gates and LoRA (same settings)
     warmup: int = 10

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from .extractive import central_sentences
 from .names import characters
+from .prompt import PART_INSTRUCTION
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
 PASSAGES_HEADER = "Key passages from the book, in reading order:"
 CAST_LINE = "The names the book mentions most: {names}."
+PART_EVIDENCE_TOKENS = 384  # summary parts: each part's central passages, at most (docs/grounding.md)
 
 
 def central_passages(text: str, tok: Tokenizer, budget_tokens: int) -> list[str]:
@@ -138,6 +140,18 @@ def book_ask(
     training's summary examples', so they cannot drift apart): ``instruction`` after
     ``book_evidence``."""
     return book_evidence(tok, text, chapters, evidence_tokens=evidence_tokens, cast=cast).ask(instruction)
+
+
+def part_ask(
+    tok: Tokenizer, share: str, words: int, *, evidence_tokens: int, cast: int, segment_len: int
+) -> str:
+    """The ask that closes the user turn after one share of the book when the summary is written in
+    parts (``infsum BOOK``'s default, and training's part examples, so they cannot drift apart): the
+    share's central passages (at most ``PART_EVIDENCE_TOKENS``, ``evidence_tokens`` and half a
+    segment) and the ``cast`` names it mentions most, then ``PART_INSTRUCTION`` for ``words`` words."""
+    budget = evidence_budget(min(evidence_tokens, PART_EVIDENCE_TOKENS), segment_len)
+    instruction = PART_INSTRUCTION.format(words=words)
+    return book_ask(tok, share, [share], instruction, evidence_tokens=budget, cast=cast)
 
 
 def _join_names(names: Sequence[str]) -> str:

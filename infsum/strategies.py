@@ -30,7 +30,6 @@ from .progress import Counter, Progress, Step, ignore
 from .prompt import (
     CHAPTER_INSTRUCTION,
     CHUNK_INSTRUCTION,
-    PART_INSTRUCTION,
     book_tokens,
     chapter_at,
     chat_prompt,
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
 CHUNK_TOKENS = 1500  # hierarchical: book tokens per first-level chunk, and the most per later group
 CHUNK_SUMMARY_WORDS = 120  # hierarchical: length asked of every chunk (and group) summary
 NOTE_SPAN_TOKENS = 8192  # chapter notes: a book without chapters gets one note per this many tokens
-PART_EVIDENCE_TOKENS = 384  # summary parts: each part's central passages, at most (docs/grounding.md)
 MIN_PART_TOKENS = 256  # summary parts: a book gets no more parts than it has this many tokens
 
 
@@ -281,10 +279,9 @@ def read_writing(
     with ``job.chapter_words``, a note of that many words after each chapter (``note_spans``;
     ``CHAPTER_INSTRUCTION`` closes the user turn); with ``parts`` above 1, a part of the summary
     after each of ``parts`` equal shares of the book, beside the share's central passages and names
-    (``PART_EVIDENCE_TOKENS`` at most, and ``job.cast`` names) and ``PART_INSTRUCTION``, with the
-    book's ``names`` spared by the repetition rules -> (state, notes, seconds writing them, parts,
-    seconds writing them, the parts' decoding settings)."""
-    from .evidence import book_evidence, evidence_budget
+    (``evidence.part_ask``), with the book's ``names`` spared by the repetition rules -> (state,
+    notes, seconds writing them, parts, seconds writing them, the parts' decoding settings)."""
+    from .evidence import part_ask
 
     tok = job.model("infini").tokenizer
     note_at = (
@@ -299,7 +296,6 @@ def read_writing(
     note_prompt = chat_prompt(tok, CHAPTER_INSTRUCTION.format(words=job.chapter_words)).closing
     part_words = max(1, job.words // parts)
     part_budget = max_new_tokens(part_words)
-    part_evidence = evidence_budget(min(job.evidence_tokens, PART_EVIDENCE_TOKENS), reader.cfg.segment_len)
     book_start = starts[0][0] if starts else 0  # the chat opening is no passage of the book
     state, notes, written, gen = None, [], [], job.generation
     seconds = {"notes": 0.0, "parts": 0.0}
@@ -317,13 +313,14 @@ def read_writing(
         if stop in part_at:
             t0 = time.perf_counter()
             share = tok.decode(ids[max(part_at[stop], book_start) : stop], skip_special=True)
-            ask = book_evidence(
+            ask = part_ask(
                 tok,
                 share,
-                [share],
-                evidence_tokens=part_evidence,
+                part_words,
+                evidence_tokens=job.evidence_tokens,
                 cast=job.cast,
-            ).ask(PART_INSTRUCTION.format(words=part_words))
+                segment_len=reader.cfg.segment_len,
+            )
             done = len(written) * part_budget
 
             def count(n: int, done: int = done) -> None:

@@ -1,20 +1,33 @@
 """Training data for ``infsum train``: a mixture of language modelling on books, passkey samples and
 document/summary pairs, each example exactly as long as a training sample, with IGNORE labels where
-a token is not scored."""
+a token is not scored.
+
+A summary example is laid out as ``infsum BOOK`` asks for a summary, so that a trained adapter and
+the inference options add up: with ``TrainConfig.part_words`` (the default, as at inference) a pair
+whose summary ``infsum`` would write in parts (``strategies.summary_parts``) gives part examples
+too: the document up to the end of one of its equal shares, ``evidence.part_ask`` on that share, and
+as the answer the reference's sentences that ``coverage.PassageIndex`` places in that share (a
+sentence it cannot place goes with the one before it). Part k of n, or the whole summary, is drawn
+uniformly (n + 1 choices), a part only among those that get a sentence.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from infsum.config import TrainConfig
+from infsum.coverage import PassageIndex
 from infsum.errors import ConfigError, EmptyDocumentError
-from infsum.evidence import book_ask, evidence_budget
+from infsum.evidence import book_ask, evidence_budget, part_ask
 from infsum.passkey import FillerSource, make_sample, read_prose
 from infsum.prompt import INSTRUCTION, chat_prompt
+from infsum.sentences import split_sentences
+from infsum.strategies import summary_parts
 from infsum.tokenizer import Tokenizer
 
 IGNORE = -100  # label of a token that is not scored
@@ -37,11 +50,11 @@ class DataMixture:
         self.cfg = cfg
         self.books = corpus_files(cfg.corpus, cfg.exclude)
         self._book_ids: dict[Path, list[int]] = {}  # encoded on first use
-        # a summary pair's document, encoded once and cut to the longest sample of the run: a novel
-        # re-encoded on every draw would cost more than the training step on a GPU
-        self._doc_ids: dict[str, tuple[list[int], bool]] = {}  # ids, and whether they are all of it
-        self._asks: dict[tuple[str, int], str] = {}  # (document, words) -> its summary ask
-        self._doc_keep = cfg.segment_len * max(hi for _, hi in (cfg.segments, *cfg.curriculum))
+        # a summary pair's document, encoded once (a novel re-encoded on every draw would cost more
+        # than the training step on a GPU), as 4-byte ids: 80 novels take about 40 MB
+        self._doc_ids: dict[str, array] = {}
+        self._asks: dict[tuple[str, int, int, int], str] = {}  # (document, words, part, parts) -> ask
+        self._targets: dict[tuple[str, str, int], list[str]] = {}  # (document, summary, parts) -> parts' text
         self.pairs = [p for path in cfg.summaries for p in read_pairs(path)]
         lm, pk, sm = cfg.mix
         if not self.books:
@@ -84,18 +97,32 @@ class DataMixture:
     def _summary(self, length: int, rng: random.Random) -> Example:
         document, summary = rng.choice(self.pairs)
         words = max(50, round(len(summary.split()) / 50) * 50)
-        turn = chat_prompt(self.tok, self._ask(document, words))  # the prompt `infsum` sends
-        answer = self.tok.encode(summary.strip()) + self.end_of_turn
-        room = length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4)
-        doc = self._document(document, room)[: max(0, room)]  # a long story is cut: its beginning is kept
-        prompt = turn.around(doc)
-        ids = (prompt + answer)[:length]
-        return self._pad(ids, [IGNORE] * len(prompt) + ids[len(prompt) :], "summary", length)
+        ids = self._document(document)
+        parts = summary_parts(words, self.cfg.part_words, len(ids))
+        targets = self._part_targets(document, summary, parts) if parts > 1 else []
+        choice = rng.choice([k for k, t in enumerate(targets) if t] + [parts])  # parts: the whole
+        whole = choice == parts
+        target = summary if whole else targets[choice]
+        if whole:
+            ask = self._ask(document, words)
+        else:
+            ask = self._part_ask(document, ids, choice, parts, len(target.split()))
+        turn = chat_prompt(self.tok, ask)  # the prompt `infsum` sends
+        answer = self.tok.encode(target.strip()) + self.end_of_turn
+        room = max(0, length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4))
+        if whole:  # the summary after the book: a long story is cut, its beginning kept
+            body = ids[:room]
+        else:  # the share's end and what precedes it (what the memory holds there at inference)
+            end = round((choice + 1) * len(ids) / parts)
+            body = ids[max(0, end - room) : end]
+        prompt = turn.around(body.tolist())
+        example = (prompt + answer)[:length]
+        return self._pad(example, [IGNORE] * len(prompt) + example[len(prompt) :], "summary", length)
 
     def _ask(self, document: str, words: int) -> str:
         """The summary ask of ``infsum BOOK`` for ``document`` (``evidence.book_ask``, the evidence
         capped by ``evidence_budget`` as at inference), made once per document and length."""
-        key = (document, words)
+        key = (document, words, 0, 1)
         if key not in self._asks:
             self._asks[key] = book_ask(
                 self.tok,
@@ -107,15 +134,38 @@ class DataMixture:
             )
         return self._asks[key]
 
-    def _document(self, document: str, room: int) -> list[int]:
-        """The ids of ``document``, at least its first ``room`` (all of it when shorter), encoded once."""
-        ids, complete = self._doc_ids.get(document, ([], False))
-        if len(ids) < room and not complete:
-            full = self.tok.encode(document)
-            keep = max(self._doc_keep, room)
-            ids, complete = full[:keep], len(full) <= keep
-            self._doc_ids[document] = (ids, complete)
-        return ids
+    def _part_ask(self, document: str, ids: array, part: int, parts: int, target_words: int) -> str:
+        """The ask after share ``part`` of ``parts`` (``evidence.part_ask`` on the share's text) for
+        a part of ``target_words`` words, rounded to 10 (at least 10)."""
+        words = max(10, round(target_words / 10) * 10)
+        key = (document, words, part, parts)
+        if key not in self._asks:
+            a, b = (round(k * len(ids) / parts) for k in (part, part + 1))
+            share = self.tok.decode(ids[a:b].tolist())
+            self._asks[key] = part_ask(
+                self.tok,
+                share,
+                words,
+                evidence_tokens=self.cfg.evidence_tokens,
+                cast=self.cfg.cast,
+                segment_len=self.cfg.segment_len,
+            )
+        return self._asks[key]
+
+    def _part_targets(self, document: str, summary: str, parts: int) -> list[str]:
+        """``summary``'s sentences grouped by the share of ``document`` (one of ``parts`` equal
+        ones) where ``coverage.PassageIndex`` places them, in the summary's order; a sentence it
+        cannot place goes with the one before it (the first ones with the first placed one)."""
+        key = (document, summary, parts)
+        if key not in self._targets:
+            self._targets[key] = part_targets(PassageIndex(document), summary, parts)
+        return self._targets[key]
+
+    def _document(self, document: str) -> array:
+        """The ids of ``document``, encoded once."""
+        if document not in self._doc_ids:
+            self._doc_ids[document] = array("i", self.tok.encode(document))
+        return self._doc_ids[document]
 
     def _pad(self, ids: list[int], labels: list[int], kind: str, length: int) -> Example:
         n = length - len(ids)  # right padding is never attended to by the scored tokens before it
@@ -125,6 +175,23 @@ class DataMixture:
         if path not in self._book_ids:
             self._book_ids[path] = self.tok.encode(" ".join(read_prose(path).split()))
         return self._book_ids[path]
+
+
+def part_targets(index: PassageIndex, summary: str, parts: int) -> list[str]:
+    """The sentences of ``summary`` grouped into ``parts`` by where ``index`` (its document's
+    passages) places them: part k holds those placed in [k/parts, (k+1)/parts) of the document, in
+    the summary's order, joined by spaces; an unplaced sentence goes with the sentence before it,
+    unplaced first sentences with the first placed one (all of them in part 0 when none is placed)."""
+    sentences = split_sentences(summary)
+    places = [index.match(s).position for s in sentences]
+    first = next((min(int(p * parts), parts - 1) for p in places if p is not None), 0)
+    out: list[list[str]] = [[] for _ in range(parts)]
+    part = first
+    for sentence, position in zip(sentences, places, strict=True):
+        if position is not None:
+            part = min(int(position * parts), parts - 1)
+        out[part].append(sentence)
+    return [" ".join(p) for p in out]
 
 
 def corpus_files(paths: Sequence[Path], exclude: Sequence[str] = ()) -> list[Path]:

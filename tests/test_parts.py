@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 from infsum.cli import app
 from infsum.config import MemoryConfig, SummarizeConfig
 from infsum.engine import InfiniReader, convert, load_state
-from infsum.evidence import book_evidence
+from infsum.evidence import PART_EVIDENCE_TOKENS, book_evidence
 from infsum.models import load_model
 from infsum.names import characters
 from infsum.pipeline import summarize
 from infsum.prompt import PART_INSTRUCTION, book_tokens, trim_to_sentence
 from infsum.readers import Book, Chapter
-from infsum.strategies import MIN_PART_TOKENS, PART_EVIDENCE_TOKENS, answer, summary_parts
+from infsum.strategies import MIN_PART_TOKENS, answer, summary_parts
 
 runner = CliRunner()
 SEG = 64

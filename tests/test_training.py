@@ -14,15 +14,18 @@ import torch
 from safetensors.torch import load_file
 
 from infsum.config import MemoryConfig, TrainConfig
+from infsum.coverage import PassageIndex
 from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
 from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
+from infsum.evidence import part_ask
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
+from infsum.prompt import chat_prompt
 from infsum.tokenizer import load_tokenizer
 from infsum.training import build_model, make_optimizer, sequence_loss, train, write_adapter
-from infsum.training_data import IGNORE, DataMixture, read_pairs
+from infsum.training_data import IGNORE, DataMixture, part_targets, read_pairs
 
 SEG = 32
 
@@ -225,6 +228,75 @@ def test_summary_pairs_score_only_the_summary(tiny_model_dir: Path, tmp_path: Pa
         scored = tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE])
         assert scored in {"It ends.<|im_end|>", "Plot one.<|im_end|>", "Plot two.<|im_end|>"}
         assert "Summarize the plot" in tok.decode(ex.ids)
+
+
+# a story in three thirds that share no content word, and a summary with one sentence on each
+THIRDS = (
+    "The lighthouse keeper Marta counted ships passing the northern rocks each foggy night. ",
+    "In spring the harbour master Osric audited grain barges moored beside the customs quay. ",
+    "At midsummer the weaver Ida married a travelling fiddler under orchard blossom. ",
+)
+STORY = "".join(t * 40 for t in THIRDS)
+SUMMARY_SENTENCES = (
+    "Marta the lighthouse keeper counts ships by the northern rocks.",
+    "Osric, the harbour master, audits the grain barges at the customs quay.",
+    "Ida the weaver marries a travelling fiddler among the orchard blossom.",
+)
+
+
+def test_part_targets_group_the_summary_by_where_its_sentences_lie() -> None:
+    index = PassageIndex(STORY)
+    assert part_targets(index, " ".join(SUMMARY_SENTENCES), 3) == list(SUMMARY_SENTENCES)
+    # an unplaced sentence goes with the one before it; unplaced first ones with the first placed one
+    odd = "Zyx wvu tsr."
+    summary = " ".join([odd, SUMMARY_SENTENCES[1], odd, SUMMARY_SENTENCES[2]])
+    assert part_targets(index, summary, 3) == [
+        "",
+        f"{odd} {SUMMARY_SENTENCES[1]} {odd}",
+        SUMMARY_SENTENCES[2],
+    ]
+    assert part_targets(index, odd, 2) == [odd, ""]
+
+
+def test_summary_pairs_give_part_examples_laid_out_as_infsum_writes_parts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    summary = " ".join(SUMMARY_SENTENCES)
+    pairs.write_text(json.dumps({"document": STORY, "summary": summary}) + "\n")
+    tok = load_tokenizer(tiny_model_dir)
+    seg, length = 64, 8 * 64
+    # a 50-word summary in parts of about 17 words: three parts, as `infsum BOOK --part-words 17`
+    cfg = _cfg(
+        tmp_path, tiny_model_dir, mix=(0.0, 0.0, 1.0), summaries=(pairs,), segment_len=seg, part_words=17
+    )
+    data = DataMixture(tok, cfg)
+    doc = tok.encode(STORY)
+    bounds = [round(k * len(doc) / 3) for k in range(4)]
+    opening = chat_prompt(tok, "").opening
+    seen = set()
+    for seed in range(24):
+        ex = data.example(length, random.Random(seed))
+        scored = tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE])
+        assert ex.kind == "summary" and len(ex.ids) == length
+        assert tuple(ex.ids[: len(opening)]) == opening
+        if scored == summary + "<|im_end|>":
+            seen.add("whole")
+            assert "Summarize the plot of the book above" in tok.decode(ex.ids)
+            continue
+        part = SUMMARY_SENTENCES.index(scored.removesuffix("<|im_end|>"))
+        seen.add(part)
+        share = tok.decode(doc[bounds[part] : bounds[part + 1]])
+        words = round(len(SUMMARY_SENTENCES[part].split()) / 10) * 10
+        ask = part_ask(tok, share, words, evidence_tokens=cfg.evidence_tokens, cast=cfg.cast, segment_len=seg)
+        closing = chat_prompt(tok, ask).closing
+        first_scored = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE)
+        assert tuple(ex.ids[first_scored - len(closing) : first_scored]) == closing
+        body = ex.ids[len(opening) : first_scored - len(closing)]
+        assert (
+            body and body == doc[bounds[part + 1] - len(body) : bounds[part + 1]]
+        )  # ends at the share's end
+    assert seen == {"whole", 0, 1, 2}
 
 
 def test_passkey_anywhere_puts_keys_in_the_last_segment_too(tiny_model_dir: Path, tmp_path: Path) -> None:

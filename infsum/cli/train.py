@@ -58,6 +58,15 @@ def train_command(
     exact_tokens: ExactTokens = 0,
     evidence_tokens: EvidenceTokens = TrainConfig.evidence_tokens,
     cast: Cast = TrainConfig.cast,
+    part_words: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Summary examples in parts of about N words too, as `infsum BOOK` writes them; "
+            "0 = whole summaries only.",
+        ),
+    ] = TrainConfig.part_words,
     rank: Annotated[int, typer.Option(min=0, help="LoRA rank on q/k/v/o; 0 trains the gates only.")] = 8,
     full_finetune: Annotated[bool, typer.Option(help="Train every weight (also writes a model).")] = False,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Resumable checkpoints go here.")] = None,
@@ -92,6 +101,7 @@ def train_command(
         exact_tokens=exact_tokens,
         evidence_tokens=evidence_tokens,
         cast=cast,
+        part_words=part_words,
         lora_rank=rank,
         full_finetune=full_finetune,
         mix=float_list(mix, 3),
