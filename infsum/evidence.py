@@ -79,6 +79,11 @@ class Evidence:
         """The ask closing the user turn: the passages, the names, then ``instruction``."""
         return summary_ask(instruction, self.passages, self.names)
 
+    def part_ask(self, words: int) -> str:
+        """The ask closing the user turn after one share of the book, for a part of ``words`` words:
+        the passages, the names, then ``PART_INSTRUCTION``."""
+        return self.ask(PART_INSTRUCTION.format(words=words))
+
     def within(self, tok: Tokenizer, evidence_tokens: int, cast: int) -> Evidence:
         """This evidence held to a smaller budget: the leading passages (reading order) whose
         tokens (counted as ``central_passages`` counts them) fit ``evidence_tokens``, and the first
@@ -127,31 +132,15 @@ def book_evidence(
     return Evidence(tuple(central_passages(text, tok, evidence_tokens)), tuple(names), evidence_tokens, cast)
 
 
-def book_ask(
-    tok: Tokenizer,
-    text: str,
-    chapters: Iterable[str],
-    instruction: str,
-    *,
-    evidence_tokens: int,
-    cast: int,
-) -> str:
-    """The ask that closes a book's user turn (the infini summary's, ``infsum ask``'s and
-    training's summary examples', so they cannot drift apart): ``instruction`` after
-    ``book_evidence``."""
-    return book_evidence(tok, text, chapters, evidence_tokens=evidence_tokens, cast=cast).ask(instruction)
-
-
-def part_ask(
-    tok: Tokenizer, share: str, words: int, *, evidence_tokens: int, cast: int, segment_len: int
-) -> str:
-    """The ask that closes the user turn after one share of the book when the summary is written in
-    parts (``infsum BOOK``'s default, and training's part examples, so they cannot drift apart): the
-    share's central passages (at most ``PART_EVIDENCE_TOKENS``, ``evidence_tokens`` and half a
-    segment) and the ``cast`` names it mentions most, then ``PART_INSTRUCTION`` for ``words`` words."""
+def part_evidence(
+    tok: Tokenizer, share: str, *, evidence_tokens: int, cast: int, segment_len: int
+) -> Evidence:
+    """What one part of a summary written in parts is written beside (``infsum BOOK``'s default, and
+    training's part examples, so they cannot drift apart): the share's central passages (at most
+    ``PART_EVIDENCE_TOKENS``, ``evidence_tokens`` and half a segment) and the ``cast`` names it
+    mentions most; ``Evidence.part_ask`` closes the turn with it."""
     budget = evidence_budget(min(evidence_tokens, PART_EVIDENCE_TOKENS), segment_len)
-    instruction = PART_INSTRUCTION.format(words=words)
-    return book_ask(tok, share, [share], instruction, evidence_tokens=budget, cast=cast)
+    return book_evidence(tok, share, [share], evidence_tokens=budget, cast=cast)
 
 
 def _join_names(names: Sequence[str]) -> str:

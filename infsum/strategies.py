@@ -279,9 +279,9 @@ def read_writing(
     with ``job.chapter_words``, a note of that many words after each chapter (``note_spans``;
     ``CHAPTER_INSTRUCTION`` closes the user turn); with ``parts`` above 1, a part of the summary
     after each of ``parts`` equal shares of the book, beside the share's central passages and names
-    (``evidence.part_ask``), with the book's ``names`` spared by the repetition rules -> (state,
+    (``evidence.part_evidence``), with the book's ``names`` spared by the repetition rules -> (state,
     notes, seconds writing them, parts, seconds writing them, the parts' decoding settings)."""
-    from .evidence import part_ask
+    from .evidence import part_evidence
 
     tok = job.model("infini").tokenizer
     note_at = (
@@ -313,14 +313,11 @@ def read_writing(
         if stop in part_at:
             t0 = time.perf_counter()
             share = tok.decode(ids[max(part_at[stop], book_start) : stop], skip_special=True)
-            ask = part_ask(
-                tok,
-                share,
-                part_words,
-                evidence_tokens=job.evidence_tokens,
-                cast=job.cast,
-                segment_len=reader.cfg.segment_len,
+            seg = reader.cfg.segment_len
+            evidence = part_evidence(
+                tok, share, evidence_tokens=job.evidence_tokens, cast=job.cast, segment_len=seg
             )
+            ask = evidence.part_ask(part_words)
             done = len(written) * part_budget
 
             def count(n: int, done: int = done) -> None:

@@ -5,7 +5,8 @@ a token is not scored.
 A summary example is laid out as ``infsum BOOK`` asks for a summary, so that a trained adapter and
 the inference options add up: with ``TrainConfig.part_words`` (the default, as at inference) a pair
 whose summary ``infsum`` would write in parts (``strategies.summary_parts``) gives part examples
-too: the document up to the end of one of its equal shares, ``evidence.part_ask`` on that share, and
+too: the document up to the end of one of its equal shares, ``evidence.part_evidence`` of that share
+and its ``part_ask``, and
 as the answer the reference's sentences that ``coverage.PassageIndex`` places in that share (a
 sentence it cannot place goes with the one before it). Part k of n, or the whole summary, is drawn
 uniformly (n + 1 choices), a part only among those that get a sentence.
@@ -23,7 +24,7 @@ from pathlib import Path
 from infsum.config import TrainConfig
 from infsum.coverage import PassageIndex
 from infsum.errors import ConfigError, EmptyDocumentError
-from infsum.evidence import book_ask, evidence_budget, part_ask
+from infsum.evidence import Evidence, book_evidence, evidence_budget, part_evidence
 from infsum.passkey import FillerSource, make_sample, read_prose
 from infsum.prompt import INSTRUCTION, chat_prompt
 from infsum.sentences import split_sentences
@@ -53,8 +54,11 @@ class DataMixture:
         # a summary pair's document, encoded once (a novel re-encoded on every draw would cost more
         # than the training step on a GPU), as 4-byte ids: 80 novels take about 40 MB
         self._doc_ids: dict[str, array] = {}
-        self._asks: dict[tuple[str, int, int, int], str] = {}  # (document, words, part, parts) -> ask
+        # the evidence of a document (part 0 of 1) or of one share (part k of n), made once: the
+        # pair's summary length only changes the instruction
+        self._evidence: dict[tuple[str, int, int], Evidence] = {}
         self._targets: dict[tuple[str, str, int], list[str]] = {}  # (document, summary, parts) -> parts' text
+        self._index: dict[str, PassageIndex] = {}  # a document's passages, for placing its summaries
         self.pairs = [p for path in cfg.summaries for p in read_pairs(path)]
         lm, pk, sm = cfg.mix
         if not self.books:
@@ -120,37 +124,33 @@ class DataMixture:
         return self._pad(example, [IGNORE] * len(prompt) + example[len(prompt) :], "summary", length)
 
     def _ask(self, document: str, words: int) -> str:
-        """The summary ask of ``infsum BOOK`` for ``document`` (``evidence.book_ask``, the evidence
-        capped by ``evidence_budget`` as at inference), made once per document and length."""
-        key = (document, words, 0, 1)
-        if key not in self._asks:
-            self._asks[key] = book_ask(
+        """The summary ask of ``infsum BOOK`` for ``document`` (``evidence.book_evidence``, capped by
+        ``evidence_budget`` as at inference, then the instruction for ``words`` words)."""
+        key = (document, 0, 1)
+        if key not in self._evidence:
+            self._evidence[key] = book_evidence(
                 self.tok,
                 document,
                 [document],
-                INSTRUCTION.format(words=words),
                 evidence_tokens=evidence_budget(self.cfg.evidence_tokens, self.cfg.segment_len),
                 cast=self.cfg.cast,
             )
-        return self._asks[key]
+        return self._evidence[key].ask(INSTRUCTION.format(words=words))
 
     def _part_ask(self, document: str, ids: array, part: int, parts: int, target_words: int) -> str:
-        """The ask after share ``part`` of ``parts`` (``evidence.part_ask`` on the share's text) for
-        a part of ``target_words`` words, rounded to 10 (at least 10)."""
-        words = max(10, round(target_words / 10) * 10)
-        key = (document, words, part, parts)
-        if key not in self._asks:
+        """The ask after share ``part`` of ``parts`` (``evidence.part_evidence`` of the share's text)
+        for a part of ``target_words`` words, rounded to 10 (at least 10)."""
+        key = (document, part, parts)
+        if key not in self._evidence:
             a, b = (round(k * len(ids) / parts) for k in (part, part + 1))
-            share = self.tok.decode(ids[a:b].tolist())
-            self._asks[key] = part_ask(
+            self._evidence[key] = part_evidence(
                 self.tok,
-                share,
-                words,
+                self.tok.decode(ids[a:b].tolist()),
                 evidence_tokens=self.cfg.evidence_tokens,
                 cast=self.cfg.cast,
                 segment_len=self.cfg.segment_len,
             )
-        return self._asks[key]
+        return self._evidence[key].part_ask(max(10, round(target_words / 10) * 10))
 
     def _part_targets(self, document: str, summary: str, parts: int) -> list[str]:
         """``summary``'s sentences grouped by the share of ``document`` (one of ``parts`` equal
@@ -158,7 +158,9 @@ class DataMixture:
         cannot place goes with the one before it (the first ones with the first placed one)."""
         key = (document, summary, parts)
         if key not in self._targets:
-            self._targets[key] = part_targets(PassageIndex(document), summary, parts)
+            if document not in self._index:
+                self._index[document] = PassageIndex(document)
+            self._targets[key] = part_targets(self._index[document], summary, parts)
         return self._targets[key]
 
     def _document(self, document: str) -> array:

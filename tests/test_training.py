@@ -19,7 +19,7 @@ from infsum.engine.adapter import load_adapter
 from infsum.engine.lora import LoRALinear, add_lora, add_lora_from_state
 from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
-from infsum.evidence import part_ask
+from infsum.evidence import part_evidence
 from infsum.models import load_model
 from infsum.passkey import KEY_SENTENCE
 from infsum.prompt import chat_prompt
@@ -258,6 +258,9 @@ def test_part_targets_group_the_summary_by_where_its_sentences_lie() -> None:
     assert part_targets(index, odd, 2) == [odd, ""]
 
 
+SEG2 = 64
+
+
 def test_summary_pairs_give_part_examples_laid_out_as_infsum_writes_parts(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -265,7 +268,7 @@ def test_summary_pairs_give_part_examples_laid_out_as_infsum_writes_parts(
     summary = " ".join(SUMMARY_SENTENCES)
     pairs.write_text(json.dumps({"document": STORY, "summary": summary}) + "\n")
     tok = load_tokenizer(tiny_model_dir)
-    seg, length = 64, 8 * 64
+    seg, length = SEG2, 8 * SEG2
     # a 50-word summary in parts of about 17 words: three parts, as `infsum BOOK --part-words 17`
     cfg = _cfg(
         tmp_path, tiny_model_dir, mix=(0.0, 0.0, 1.0), summaries=(pairs,), segment_len=seg, part_words=17
@@ -288,7 +291,10 @@ def test_summary_pairs_give_part_examples_laid_out_as_infsum_writes_parts(
         seen.add(part)
         share = tok.decode(doc[bounds[part] : bounds[part + 1]])
         words = round(len(SUMMARY_SENTENCES[part].split()) / 10) * 10
-        ask = part_ask(tok, share, words, evidence_tokens=cfg.evidence_tokens, cast=cfg.cast, segment_len=seg)
+        evidence = part_evidence(
+            tok, share, evidence_tokens=cfg.evidence_tokens, cast=cfg.cast, segment_len=SEG2
+        )
+        ask = evidence.part_ask(words)
         closing = chat_prompt(tok, ask).closing
         first_scored = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE)
         assert tuple(ex.ids[first_scored - len(closing) : first_scored]) == closing
