@@ -303,6 +303,12 @@ def test_summary_pairs_give_part_examples_laid_out_as_infsum_writes_parts(
             body and body == doc[bounds[part + 1] - len(body) : bounds[part + 1]]
         )  # ends at the share's end
     assert seen == {"whole", 0, 1, 2}
+    whole_only = DataMixture(tok, replace(cfg, part_words=0))  # --part-words 0: as before parts
+    for seed in range(6):
+        ex = whole_only.example(length, random.Random(seed))
+        assert tok.decode([t for t, lab in zip(ex.ids, ex.labels, strict=True) if lab != IGNORE]) == (
+            summary + "<|im_end|>"
+        )
 
 
 def test_passkey_anywhere_puts_keys_in_the_last_segment_too(tiny_model_dir: Path, tmp_path: Path) -> None:
