@@ -5,10 +5,10 @@ a token is not scored.
 A summary example is laid out as ``infsum BOOK`` asks for a summary, so that a trained adapter and
 the inference options add up: with ``TrainConfig.part_words`` (the default, as at inference) a pair
 whose summary ``infsum`` would write in parts (``strategies.summary_parts``) gives part examples
-too: the document up to the end of one of its equal shares, ``evidence.part_evidence`` of that share
-and its ``part_ask``, and
-as the answer the reference's sentences that ``coverage.PassageIndex`` places in that share (a
-sentence it cannot place goes with the one before it). Part k of n, or the whole summary, is drawn
+too: the document up to the end of one of its equal shares, ``evidence.part_evidence`` of that
+share with its ``part_ask``, and as the answer the reference's sentences that
+``coverage.PassageIndex`` places in that share (a sentence it cannot place goes with the one
+before it). Part k of n, or the whole summary, is drawn
 uniformly (n + 1 choices), a part only among those that get a sentence.
 """
 
