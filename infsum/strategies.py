@@ -206,6 +206,12 @@ def summary_parts(words: int, part_words: int, tokens: int) -> int:
     return max(1, min(round(words / part_words), tokens // MIN_PART_TOKENS))
 
 
+def share_bounds(tokens: int, parts: int) -> list[int]:
+    """The token offsets 0 = b0 < b1 < ... < b_parts = ``tokens`` of ``parts`` equal shares of a
+    book: part k is written after tokens b_k..b_(k+1) (training's part examples cut them alike)."""
+    return [round(i * tokens / parts) for i in range(parts + 1)]
+
+
 def answer(
     reader: InfiniReader,
     state: ReaderState,
@@ -289,7 +295,7 @@ def read_writing(
         if job.chapter_words is not None
         else {}
     )
-    bounds = [round(i * len(ids) / parts) for i in range(parts + 1)]
+    bounds = share_bounds(len(ids), parts)
     part_at = dict(zip(bounds[1:], bounds[:-1], strict=True)) if parts > 1 else {}
     note_budget = max_new_tokens(job.chapter_words or 1)
     note_gen = replace(job.generation, max_new_tokens=note_budget, min_new_tokens=min_new_tokens(note_budget))

@@ -28,7 +28,7 @@ from infsum.evidence import Evidence, book_evidence, evidence_budget, part_evide
 from infsum.passkey import FillerSource, make_sample, read_prose
 from infsum.prompt import INSTRUCTION, chat_prompt
 from infsum.sentences import split_sentences
-from infsum.strategies import summary_parts
+from infsum.strategies import share_bounds, summary_parts
 from infsum.tokenizer import Tokenizer
 
 IGNORE = -100  # label of a token that is not scored
@@ -54,8 +54,8 @@ class DataMixture:
         # a summary pair's document, encoded once (a novel re-encoded on every draw would cost more
         # than the training step on a GPU), as 4-byte ids: 80 novels take about 40 MB
         self._doc_ids: dict[str, array] = {}
-        # the evidence of a document (part 0 of 1) or of one share (part k of n), made once: the
-        # pair's summary length only changes the instruction
+        # the evidence of a document or of one share (its token span), made once: the pair's
+        # summary length only changes the instruction
         self._evidence: dict[tuple[str, int, int], Evidence] = {}
         self._targets: dict[tuple[str, str, int], list[str]] = {}  # (document, summary, parts) -> parts' text
         self._index: dict[str, PassageIndex] = {}  # a document's passages, for placing its summaries
@@ -110,15 +110,14 @@ class DataMixture:
         if whole:
             ask = self._ask(document, words)
         else:
-            ask = self._part_ask(document, ids, choice, parts, len(target.split()))
+            start, end = share_bounds(len(ids), parts)[choice : choice + 2]
+            ask = self._part_ask(document, ids, start, end, len(target.split()))
         turn = chat_prompt(self.tok, ask)  # the prompt `infsum` sends
         answer = self.tok.encode(target.strip()) + self.end_of_turn
         room = max(0, length - len(turn.opening) - len(turn.closing) - min(len(answer), length // 4))
-        if whole:  # the summary after the book: a long story is cut, its beginning kept
-            body = ids[:room]
-        else:  # the share's end and what precedes it (what the memory holds there at inference)
-            end = round((choice + 1) * len(ids) / parts)
-            body = ids[max(0, end - room) : end]
+        # the whole summary: a long story is cut, its beginning kept; a part: the share's end and what
+        # precedes it (what the memory holds there at inference)
+        body = ids[:room] if whole else ids[max(0, end - room) : end]
         prompt = turn.around(body.tolist())
         example = (prompt + answer)[:length]
         return self._pad(example, [IGNORE] * len(prompt) + example[len(prompt) :], "summary", length)
@@ -126,7 +125,7 @@ class DataMixture:
     def _ask(self, document: str, words: int) -> str:
         """The summary ask of ``infsum BOOK`` for ``document`` (``evidence.book_evidence``, capped by
         ``evidence_budget`` as at inference, then the instruction for ``words`` words)."""
-        key = (document, 0, 1)
+        key = (document, 0, -1)  # no share ends at -1: the whole document's evidence
         if key not in self._evidence:
             self._evidence[key] = book_evidence(
                 self.tok,
@@ -137,15 +136,14 @@ class DataMixture:
             )
         return self._evidence[key].ask(INSTRUCTION.format(words=words))
 
-    def _part_ask(self, document: str, ids: array, part: int, parts: int, target_words: int) -> str:
-        """The ask after share ``part`` of ``parts`` (``evidence.part_evidence`` of the share's text)
-        for a part of ``target_words`` words, rounded to 10 (at least 10)."""
-        key = (document, part, parts)
+    def _part_ask(self, document: str, ids: array, start: int, end: int, target_words: int) -> str:
+        """The ask after the share ``ids[start:end]`` of ``document`` (``evidence.part_evidence`` of
+        its text) for a part of ``target_words`` words, rounded to 10 (at least 10)."""
+        key = (document, start, end)
         if key not in self._evidence:
-            a, b = (round(k * len(ids) / parts) for k in (part, part + 1))
             self._evidence[key] = part_evidence(
                 self.tok,
-                self.tok.decode(ids[a:b].tolist()),
+                self.tok.decode(ids[start:end].tolist()),
                 evidence_tokens=self.cfg.evidence_tokens,
                 cast=self.cfg.cast,
                 segment_len=self.cfg.segment_len,
