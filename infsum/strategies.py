@@ -372,6 +372,12 @@ class WindowSummarizer:
             )
         return room
 
+    def decoding(self, words: int) -> GenerationConfig:
+        """The decoding settings of a ``words``-word answer: the token budget, and end-of-text
+        masked before half of it (``prompt.min_new_tokens``)."""
+        budget = max_new_tokens(words)
+        return replace(self.gen, max_new_tokens=budget, min_new_tokens=min_new_tokens(budget))
+
     def summarize(
         self,
         text_ids: list[int],
@@ -379,8 +385,9 @@ class WindowSummarizer:
         words: int,
         on_token: Callable[[int], None] | None = None,
     ) -> str:
-        """The model's answer to ``instruction`` about ``text_ids`` (which must fit the budget)."""
-        gen = replace(self.gen, max_new_tokens=max_new_tokens(words))
+        """The model's answer to ``instruction`` about ``text_ids`` (which must fit the budget), of
+        at least half its token budget, as every model answer of infsum (``decoding``)."""
+        gen = self.decoding(words)
         prompt = self.prompt_ids(text_ids, instruction)
         assert len(prompt) + gen.max_new_tokens <= self.window, "prompt and answer must fit the window"
         out = self.reader.generate(None, prompt, gen, self.tok.eos_ids, on_token=on_token)
@@ -500,7 +507,8 @@ def _truncate_head(job: Job) -> Draft:
             tail=False,
             progress=_count_generated(job),
             instruction=job.instruction,
-        )
+        ),
+        generation=asdict(model.decoding(job.words)),
     )
 
 
@@ -514,7 +522,8 @@ def _truncate_tail(job: Job) -> Draft:
             tail=True,
             progress=_count_generated(job),
             instruction=job.instruction,
-        )
+        ),
+        generation=asdict(model.decoding(job.words)),
     )
 
 
@@ -522,7 +531,8 @@ def _hierarchical(job: Job) -> Draft:
     model = _window(job, "hierarchical")
     progress = _count_generated(job)
     return Draft(
-        hierarchical(model, job.book.text, job.words, progress=progress, instruction=job.instruction)
+        hierarchical(model, job.book.text, job.words, progress=progress, instruction=job.instruction),
+        generation=asdict(model.decoding(job.words)),  # the final answer's (the chunks': CHUNK_SUMMARY_WORDS)
     )
 
 

@@ -153,6 +153,30 @@ def test_truncate_fits_the_window_and_keeps_the_right_end(tiny_loaded, monkeypat
     assert isinstance(out, str) and steps and all(t == max_new_tokens(20) and d <= t for d, t in steps)
 
 
+@pytest.mark.parametrize("name", ["truncate-head", "truncate-tail", "hierarchical"])
+def test_window_answers_run_to_half_their_budget_before_they_may_stop(tiny_loaded, name: str) -> None:
+    """The window baselines share the infini strategy's minimum answer length: end-of-text is
+    masked until half the token budget, so a model that would stop at once writes that much."""
+    words = 20
+    plain = WindowSummarizer(tiny_loaded, GREEDY_PLAIN)
+    text = PROSE[:1500]
+    instruction = INSTRUCTION.format(words=words)
+    prompt = plain.prompt_ids(plain.tok.encode(text), instruction)
+    first = plain.reader.generate(None, prompt, GREEDY_PLAIN, ())[0]
+    assert plain.reader.generate(None, prompt, GREEDY_PLAIN, {first}) == []  # plain decoding stops at once
+    tok = copy.copy(tiny_loaded.tokenizer)
+    tok.eos_ids = frozenset({first})  # the model's first answer token now ends its answer
+    loaded = dataclasses.replace(tiny_loaded, tokenizer=tok)
+    budget = max_new_tokens(words)
+    written: list[int] = []
+    model = WindowSummarizer(loaded, GREEDY_PLAIN)
+    model.summarize(tok.encode(text), instruction, words, on_token=written.append)
+    assert budget // 2 <= len(written) <= budget
+    draft = STRATEGIES[name].run(Job(FakeBook(text), words, loaded=loaded, generation=GREEDY_PLAIN))
+    assert draft.generation["min_new_tokens"] == budget // 2 and draft.generation["max_new_tokens"] == budget
+    assert draft.summary  # not the empty answer the model gives without the rule
+
+
 def test_hierarchical_covers_the_text_in_chunks_and_reduces_until_it_fits(tiny_loaded, monkeypatch) -> None:
     monkeypatch.setattr(strategies, "CHUNK_SUMMARY_WORDS", 10)  # short chunk summaries: a fast test
     loaded = small_window(tiny_loaded, 300)
