@@ -11,6 +11,8 @@ Cells run length by length (every configuration at the first length, then the ne
 finished cell is appended to ``--jsonl`` at once, so a run cut short keeps what it measured.
 Streaming speed: ``InfiniReader.read`` of ``--speed-tokens`` random ids (best of two passes) for
 each N and score; state size: ``save_state`` after ``--speed-tokens`` and after half of them.
+``--held`` replaces the passkey accuracy with where the key is after reading each depth's first
+sample: how many layer and kv-head stores hold each token of the key sentence (``held``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from infsum.config import EXACT_POSITIONS, EXACT_SCORES, MemoryConfig
 from infsum.engine import InfiniReader, ready, save_state
 from infsum.models import LoadedModel, load_model
-from infsum.passkey import FillerSource, check_answer, make_sample, run_passkey
+from infsum.passkey import KEY_SENTENCE, FillerSource, check_answer, make_sample, run_passkey
 
 
 def _ints(text: str) -> list[int]:
@@ -120,6 +122,40 @@ def full_attention_cell(loaded: LoadedModel, length: int, args: argparse.Namespa
     }
 
 
+def held_cell(
+    loaded: LoadedModel, mem: MemoryConfig, length: int, depth: float, args: argparse.Namespace
+) -> dict:
+    """Where the key is after reading the first trial's sample at ``depth`` (the question included):
+    per token of the key sentence, how many of the (layer, kv head) stores hold it, and the mean
+    number of stored tokens from each segment. Tells a key that was dropped from one that is held
+    but not retrieved."""
+    tok = loaded.tokenizer
+    rng = random.Random(f"{args.seed}/{length}/{depth}/0")  # run_passkey's rule, trial 0
+    sample = make_sample(tok, length=length, depth=depth, rng=rng, filler=FillerSource.builtin(tok))
+    key_ids = tok.encode(KEY_SENTENCE.format(key=sample.key))
+    state = InfiniReader(ready(loaded, mem, None).model).read(torch.tensor(sample.ids))
+    stores = [(st.pos[0, h], mem.segment_len) for st in state.memory.store for h in range(st.pos.shape[1])]
+    n_seg = -(-len(sample.ids) // mem.segment_len)
+    per_segment = [sum(int((p // seg == i).sum()) for p, seg in stores) / len(stores) for i in range(n_seg)]
+    return {
+        "exact_tokens": mem.exact_tokens,
+        "score": mem.exact_score,
+        "positions": mem.exact_positions,
+        "length": length,
+        "depth": depth,
+        "key_segment": sample.key_pos // mem.segment_len,
+        "stores": len(stores),
+        "held_by_token": [
+            [tok.decode([t]), sum(int((p == sample.key_pos + j).any()) for p, _ in stores)]
+            for j, t in enumerate(key_ids)
+        ],
+        "stores_holding_any": sum(
+            int(((p >= sample.key_pos) & (p < sample.key_pos + len(key_ids))).any()) for p, _ in stores
+        ),
+        "mean_stored_per_segment": [round(x, 1) for x in per_segment],
+    }
+
+
 def speed_and_size(loaded: LoadedModel, mem: MemoryConfig, n: int) -> dict:
     """Streaming tokens/s (best of two passes over n random ids) and the state file's size after n
     and n // 2 tokens."""
@@ -163,6 +199,9 @@ def main() -> None:
     p.add_argument("--speed-tokens", type=int, default=8192, help="0 skips the speed and size measurement")
     p.add_argument("--full-attention", action="store_true", help="also the plain HF model (the ceiling)")
     p.add_argument("--jsonl", type=Path, default=None, help="append every finished cell here")
+    p.add_argument(
+        "--held", action="store_true", help="instead of passkey accuracy: which key tokens each store holds"
+    )
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -175,6 +214,7 @@ def main() -> None:
         "segment_len": args.segment_len,
         "seed": args.seed,
         "passkey": [],
+        "held": [],
         "speed": [],
     }
 
@@ -190,7 +230,11 @@ def main() -> None:
         if args.full_attention and length <= context:
             record("passkey", full_attention_cell(loaded, length, args))
         for mem in configs(args):
-            record("passkey", passkey_cell(loaded, mem, length, args))
+            if args.held and mem.exact_tokens:
+                for depth in args.depths:
+                    record("held", held_cell(loaded, mem, length, depth, args))
+            elif not args.held:
+                record("passkey", passkey_cell(loaded, mem, length, args))
     if args.speed_tokens:
         for n in sorted({0, *args.exact_tokens}):
             for score in args.scores if n else args.scores[:1]:
