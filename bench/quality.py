@@ -305,14 +305,27 @@ def _attempt(
     return f"{strategy:>18} {item.id:<32} Overall {overall:5.1f}  {row['seconds']:7.1f} s", True
 
 
+def next_task(todo, alive: Callable[[], bool], poll: float = 5.0):
+    """The next pair from ``todo``; None at its end, or as soon as ``alive()`` is false (the parent
+    was killed: nobody would collect the results, and its pairs would wait in the queue forever)."""
+    while alive():
+        try:
+            return todo.get(timeout=poll)
+        except queue.Empty:
+            continue
+    return None
+
+
 def _worker(index: int, spec: ModelSpec, run_dir: Path, words: int | None, workers: int, todo, done) -> None:
     """Worker ``index``: take (strategy, item) pairs from ``todo`` until None, report each outcome to
-    ``done``, then its index."""
+    ``done``, then its index. It stops after its current pair if the parent process dies."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     runner = Runner(spec)
-    while (task := todo.get()) is not None:
+    parent = mp.parent_process()
+    alive = parent.is_alive if parent is not None else lambda: True
+    while (task := next_task(todo, alive)) is not None:
         done.put(_attempt(runner, run_dir, *task, words, workers))
     done.put(index)
 

@@ -154,6 +154,19 @@ def test_workers_store_the_same_rows_as_one_process(quality, tmp_path: Path) -> 
     assert {r[3] for r in one} == {1} and {r[3] for r in two} == {2} and {r[4] for r in two} == {"cpu"}
 
 
+def test_a_worker_stops_taking_pairs_once_its_parent_is_gone(quality) -> None:
+    import queue
+
+    todo: queue.Queue = queue.Queue()
+    todo.put(("lead", "a"))
+    todo.put(None)
+    assert quality.next_task(todo, lambda: True) == ("lead", "a")  # the parent lives: work goes on
+    assert quality.next_task(todo, lambda: False) is None  # killed parent: stop, pairs left queued
+    assert todo.get_nowait() is None
+    checks = iter([True, True, False])  # an empty queue is polled until the parent dies
+    assert quality.next_task(todo, lambda: next(checks), poll=0.01) is None
+
+
 def test_a_failing_pair_is_reported_and_the_rest_still_run(quality, tmp_path: Path, capsys) -> None:
     (tmp_path / "data").mkdir()
     data, run_dir = make_dataset(tmp_path / "data"), tmp_path / "run"
