@@ -134,9 +134,10 @@ def held_cell(
     sample = make_sample(tok, length=length, depth=depth, rng=rng, filler=FillerSource.builtin(tok))
     key_ids = tok.encode(KEY_SENTENCE.format(key=sample.key))
     state = InfiniReader(ready(loaded, mem, None).model).read(torch.tensor(sample.ids))
-    stores = [(st.pos[0, h], mem.segment_len) for st in state.memory.store for h in range(st.pos.shape[1])]
+    stores = [st.pos[0, h] for st in state.memory.store for h in range(st.pos.shape[1])]  # stream indices
+    segment = [p // mem.segment_len for p in stores]
     n_seg = -(-len(sample.ids) // mem.segment_len)
-    per_segment = [sum(int((p // seg == i).sum()) for p, seg in stores) / len(stores) for i in range(n_seg)]
+    per_segment = [sum(int((s == i).sum()) for s in segment) / len(stores) for i in range(n_seg)]
     return {
         "exact_tokens": mem.exact_tokens,
         "score": mem.exact_score,
@@ -146,11 +147,11 @@ def held_cell(
         "key_segment": sample.key_pos // mem.segment_len,
         "stores": len(stores),
         "held_by_token": [
-            [tok.decode([t]), sum(int((p == sample.key_pos + j).any()) for p, _ in stores)]
+            [tok.decode([t]), sum(int((p == sample.key_pos + j).any()) for p in stores)]
             for j, t in enumerate(key_ids)
         ],
         "stores_holding_any": sum(
-            int(((p >= sample.key_pos) & (p < sample.key_pos + len(key_ids))).any()) for p, _ in stores
+            int(((p >= sample.key_pos) & (p < sample.key_pos + len(key_ids))).any()) for p in stores
         ),
         "mean_stored_per_segment": [round(x, 1) for x in per_segment],
     }

@@ -5,8 +5,8 @@
 
 ``--old`` is a ``bench.quality`` run directory written by a revision that did not trim (before 2
 December 2026), ``--new`` one written by this checkout. For every item both hold, the old summary is
-scored as stored and again after the pipeline's cleanup of today (``trim_to_sentence``,
-``trim_to_words`` to the item's target words, ``drop_length_talk``), and the new summary as stored.
+scored as stored and again after the pipeline's cleanup of today (``prompt.clean_summary`` to the
+item's target words), and the new summary as stored.
 Prints one JSON object: mean words and Overall of each, and three paired differences with bootstrap
 95% intervals (new - old, trimmed old - old, new - trimmed old), so a change between two revisions
 splits into what the trimming does to the same text and what is left.
@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from bench.quality import load_items
-from infsum.prompt import drop_length_talk, trim_to_sentence, trim_to_words
+from infsum.prompt import clean_summary
 from infsum.scoring import bootstrap_ci, score
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         refs, target = items[k].references, new[k]["words_target"]
         texts = {
             "old": old[k]["summary"],
-            "old_trimmed": drop_length_talk(trim_to_words(trim_to_sentence(old[k]["summary"]), target)),
+            "old_trimmed": clean_summary(old[k]["summary"], target),
             "new": new[k]["summary"],
         }
         for name, text in texts.items():

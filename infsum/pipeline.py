@@ -25,7 +25,7 @@ from .config import SummarizeConfig
 from .errors import ConfigError
 from .names import characters, unsupported_names
 from .progress import Progress, Step, ignore
-from .prompt import drop_length_talk, summary_instruction, trim_to_sentence, trim_to_words
+from .prompt import clean_summary, summary_instruction
 from .readers import Book, load_book
 from .scoring import METRICS, RougeScores, score
 from .strategies import STRATEGIES, Job, get_strategy
@@ -267,12 +267,8 @@ class Summarizer:
         seconds.update(draft.seconds or {"generate": time.perf_counter() - t0})
         if streamed is not None:
             seconds["stream"] = streamed.seconds
-        # a model writes until its token budget: a last sentence cut off mid-way is dropped, the
-        # summary is held to the words asked for (at a sentence end), and its talk about its own
-        # length goes last (so a stored summary cleaned again is unchanged)
-        summary = draft.summary
-        if strategy.needs_model:
-            summary = drop_length_talk(trim_to_words(trim_to_sentence(summary), self.cfg.words))
+        # a model writes until its token budget and talks about its length: prompt.clean_summary
+        summary = clean_summary(draft.summary, self.cfg.words) if strategy.needs_model else draft.summary
         invented = unsupported_names(summary, book.text)
         if invented:
             log.warning(

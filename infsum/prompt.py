@@ -184,6 +184,13 @@ def _without_length_talk(sentence: str) -> str:
     return sentence
 
 
+def clean_summary(text: str, words: int) -> str:
+    """A model's summary as infsum returns it: a last sentence cut off mid-way dropped, held to
+    ``words`` words at a sentence end, and its talk about its own length dropped last (so a summary
+    cleaned again is unchanged)."""
+    return drop_length_talk(trim_to_words(trim_to_sentence(text), words))
+
+
 def trim_to_words(text: str, words: int) -> str:
     """At most ``words`` words of ``text``, cut at a sentence end: the model's pace varies (SmolLM2
     writes about 1.3 tokens a word, the budget allows 1.6), so an answer asked for "about N words"

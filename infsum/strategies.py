@@ -497,34 +497,19 @@ def _count_generated(job: Job) -> Counter:
     return lambda done, total: job.progress(Step("generate", done, total))
 
 
+def _truncate(job: Job, *, tail: bool) -> Draft:
+    model = _window(job, "truncate-tail" if tail else "truncate-head")
+    book, progress = job.book.text, _count_generated(job)
+    summary = truncate(model, book, job.words, tail=tail, progress=progress, instruction=job.instruction)
+    return Draft(summary, generation=asdict(model.decoding(job.words)))
+
+
 def _truncate_head(job: Job) -> Draft:
-    model = _window(job, "truncate-head")
-    return Draft(
-        truncate(
-            model,
-            job.book.text,
-            job.words,
-            tail=False,
-            progress=_count_generated(job),
-            instruction=job.instruction,
-        ),
-        generation=asdict(model.decoding(job.words)),
-    )
+    return _truncate(job, tail=False)
 
 
 def _truncate_tail(job: Job) -> Draft:
-    model = _window(job, "truncate-tail")
-    return Draft(
-        truncate(
-            model,
-            job.book.text,
-            job.words,
-            tail=True,
-            progress=_count_generated(job),
-            instruction=job.instruction,
-        ),
-        generation=asdict(model.decoding(job.words)),
-    )
+    return _truncate(job, tail=True)
 
 
 def _hierarchical(job: Job) -> Draft:
