@@ -150,11 +150,12 @@ DTYPES = ("default", "auto", "float32", "bfloat16", "float16")  # default: infsu
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to load and where: name (None = infsum's default), device, dtype (``default``:
-    infsum's; ``auto``: as ``--dtype auto``)."""
+    infsum's; ``auto``: as ``--dtype auto``); and the exact-token store it reads with (0 = none)."""
 
     name: str | None = None
     device: str = "auto"
     dtype: str = "default"
+    exact_tokens: int = 0
 
 
 class Runner:
@@ -192,7 +193,8 @@ class Runner:
             import torch
 
             device += f" ({torch.cuda.get_device_name(loaded.device)})"
-        return {"device": device, "dtype": str(loaded.model.dtype).removeprefix("torch.")}
+        dtype = str(loaded.model.dtype).removeprefix("torch.")
+        return {"device": device, "dtype": dtype, "exact_tokens": self.spec.exact_tokens}
 
     def summarize(self, strategy: str, book: Book, words: int) -> SummaryResult:
         """The summary of ``book`` in about ``words`` words with ``strategy``, through the same entry
@@ -201,6 +203,7 @@ class Runner:
         from infsum.pipeline import summarize
 
         cfg = SummarizeConfig(model=self.spec.name, device=self.spec.device, words=words, strategy=strategy)
+        cfg = replace(cfg, memory=replace(cfg.memory, exact_tokens=self.spec.exact_tokens))
         if strategy == "infini-memory-off":
             cfg = replace(cfg, strategy="infini", memory=replace(cfg.memory, enabled=False))
         elif strategy == "infini-untrained":
@@ -602,6 +605,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="model dtype (default: infsum's, which is auto: bfloat16 on CUDA and on CPUs with native "
         "bfloat16, else float32)",
     )
+    p.add_argument(
+        "--exact-tokens", type=int, default=0, help="the exact-token store the model strategies read with"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes running pairs in parallel")
     p.add_argument("--report-only", action="store_true", help="tabulate stored results, run nothing")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of Overall by strategy here")
@@ -629,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = None if args.words == "ref" else int(args.words)
     only = [s.strip() for s in args.items.split(",") if s.strip()]
     items = load_items(args.data, limit=args.limit, only=only)
-    spec = ModelSpec(args.model, args.device, args.dtype)
+    spec = ModelSpec(args.model, args.device, args.dtype, args.exact_tokens)
     rows, failed = run(
         args.run_dir,
         strategies,

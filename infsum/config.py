@@ -12,10 +12,12 @@ from infsum.errors import ConfigError
 UpdateRule = Literal["delta", "linear"]
 UPDATE_RULES: tuple[UpdateRule, ...] = ("delta", "linear")  # the memory update rules (see engine/memory.py)
 DEFAULT_SEGMENT_LEN = 2048  # the paper's segment length: inference default everywhere
-ExactScore = Literal["residual", "attention"]
+ExactScore = Literal["residual", "residual-after", "attention"]
 # how the exact-token store ranks a token (see engine/memory.py and engine/model.py): the memory's
-# reconstruction error (LoLA) or the attention it received within its segment (H2O)
-EXACT_SCORES: tuple[ExactScore, ...] = ("residual", "attention")
+# reconstruction error (LoLA) before its segment is written, the same error against the memory
+# after the segment is written (the segment's own tokens included), or the attention it received
+# within its segment (H2O)
+EXACT_SCORES: tuple[ExactScore, ...] = ("residual", "residual-after", "attention")
 ExactPositions = Literal["before", "fixed"]
 # where stored keys sit in RoPE: in stream order just before the segment, or all at one position
 EXACT_POSITIONS: tuple[ExactPositions, ...] = ("before", "fixed")
@@ -35,7 +37,9 @@ class MemoryConfig:
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
     variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
     exact_tokens: int = 0  # N exact (key, value) pairs kept per layer per kv head beside M; 0 = off
-    exact_score: ExactScore = "residual"  # what ranks them (EXACT_SCORES)
+    # what ranks them (EXACT_SCORES): "residual-after" scores every segment against the same kind of
+    # memory, so the first segment does not fill the store (docs/store.md)
+    exact_score: ExactScore = "residual-after"
     # where their keys sit in RoPE (EXACT_POSITIONS): "fixed" retrieved more passkeys (docs/store.md)
     exact_positions: ExactPositions = "fixed"
     exact_sinks: int = 0  # the stream's first tokens, always kept in the store (attention sinks)

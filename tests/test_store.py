@@ -23,7 +23,7 @@ from infsum.engine.stream import InfiniReader, load_state, save_state
 from infsum.errors import CheckpointError, ConfigError
 
 SEG = 16
-SCORES = ("residual", "attention")
+SCORES = ("residual", "residual-after", "attention")
 GREEDY = GenerationConfig(max_new_tokens=6, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=0)
 
 
@@ -191,7 +191,7 @@ def test_the_residual_score_is_what_the_memory_fails_to_reconstruct(hf):
     """Layer 0 keeps the top N of ||v - sigma(k) M / (sigma(k) z)||^2, with M, z the memory before
     each segment (||v||^2 for the first, empty memory)."""
     ids = _ids(2 * SEG, seed=6, b=2)
-    model = convert(hf, MemoryConfig(segment_len=SEG, exact_tokens=6))
+    model = convert(hf, MemoryConfig(segment_len=SEG, exact_tokens=6, exact_score="residual"))
     with torch.no_grad():
         _, first = model(ids[:, :SEG])
         _, second = model(ids[:, SEG:], first)
@@ -203,6 +203,46 @@ def test_the_residual_score_is_what_the_memory_fails_to_reconstruct(hf):
     top = ref.topk(6, dim=-1).indices.sort(dim=-1).values
     assert torch.equal(second.store[0].pos, top)
     assert_close(second.store[0].score, ref.gather(-1, top))
+
+
+def _sigma(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.elu(x.float()) + 1.0
+
+
+def _after(k: torch.Tensor, v: torch.Tensor, M: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """||v_t - sigma(k_t) M / (sigma(k_t) z)||^2, token by token (b, h, n)."""
+    out = torch.empty(k.shape[:-1])
+    for b in range(k.shape[0]):
+        for h in range(k.shape[1]):
+            for t in range(k.shape[2]):
+                sk = _sigma(k[b, h, t])
+                out[b, h, t] = (v[b, h, t].float() - sk @ M[b, h] / (sk @ z[b, h])).pow(2).sum()
+    return out
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_residual_after_score_is_what_the_memory_with_the_segment_fails_to_reconstruct(hf, enabled):
+    """Layer 0 keeps the top N of ||v - sigma(k) M / (sigma(k) z)||^2 with M, z the memory AFTER each
+    segment is written by the delta rule (eq 5); with the memory off, the memory of the segment alone."""
+    ids = _ids(2 * SEG, seed=6, b=2)
+    cfg = MemoryConfig(segment_len=SEG, exact_tokens=6, exact_score="residual-after", enabled=enabled)
+    model = convert(hf, cfg)
+    with torch.no_grad():
+        _, first = model(ids[:, :SEG])
+        _, second = model(ids[:, SEG:], first)
+        _, k1, v1 = _layer0_kv(hf, ids[:, :SEG])
+        _, k2, v2 = _layer0_kv(hf, ids[:, SEG:])
+    s1, s2 = _sigma(k1), _sigma(k2)
+    M1, z1 = s1.transpose(-1, -2) @ v1.float(), s1.sum(dim=-2)
+    if enabled:
+        before = (s2 @ M1) / (s2 @ z1[..., None])
+        M2, z2 = M1 + s2.transpose(-1, -2) @ (v2.float() - before), z1 + s2.sum(dim=-2)
+    else:
+        M2, z2 = s2.transpose(-1, -2) @ v2.float(), s2.sum(dim=-2)
+    ref = torch.cat([_after(k1, v1, M1, z1), _after(k2, v2, M2, z2)], dim=-1)  # (b, k, 2 SEG)
+    top = ref.topk(6, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(second.store[0].pos, top)
+    assert_close(second.store[0].score, ref.gather(-1, top), rtol=1e-4, atol=1e-5)
 
 
 def test_the_attention_score_is_the_mean_attention_received_relative_to_uniform(hf):
@@ -280,7 +320,7 @@ def test_state_file_round_trip_gives_identical_generation(reader, tmp_path):
     state = reader.read(_ids(100, seed=10))
     save_state(state, tmp_path / "book.state")
     loaded = load_state(tmp_path / "book.state")
-    assert loaded.store_settings == "--exact-tokens 8 (score residual, positions fixed, 0 sinks)"
+    assert loaded.store_settings == "--exact-tokens 8 (score residual-after, positions fixed, 0 sinks)"
     for a, b in zip(state.memory.store, loaded.memory.store, strict=True):
         assert a.seen == b.seen == 96
         assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4], strict=True))
@@ -303,7 +343,7 @@ def test_a_state_with_another_store_is_refused(reader, tmp_path):
     for cfg in (replace(reader.cfg, exact_tokens=16), replace(reader.cfg, exact_tokens=0)):
         other = InfiniReader(reader.model.with_config(cfg))
         with pytest.raises(
-            CheckpointError, match=r"--exact-tokens 8 \(score residual, positions fixed, 0 sinks\)"
+            CheckpointError, match=r"--exact-tokens 8 \(score residual-after, positions fixed, 0 sinks\)"
         ):
             other.generate(loaded, [1, 2], GREEDY)
     attention = InfiniReader(reader.model.with_config(replace(reader.cfg, exact_score="attention")))

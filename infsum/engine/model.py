@@ -215,10 +215,12 @@ class InfiniModel(nn.Module):
                 Ms.append(M)
                 zs.append(z)
             if store_on:
+                k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]
                 score = cache.score[i, :, :, :n]  # type: ignore[index]
                 if self.cfg.exact_score == "attention":  # sums -> mean over the queries that saw each key
                     score = score / torch.arange(n, 0, -1, device=score.device)
-                k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]
+                elif self.cfg.exact_score == "residual-after":  # against the memory just written
+                    score = self._residual_after(k, v, M, z)
                 stores.append(
                     select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
                 )
@@ -354,6 +356,8 @@ class InfiniModel(nn.Module):
             score = residual_score(v, held)  # (b, k, n)
         if write_memory:
             M, z = self.variant.update(self.variant.features(k), v, M, z, rule=self.cfg.update)
+        if write_store and self.cfg.exact_score == "residual-after":
+            score = self._residual_after(k, v, M, z)
 
         qr, kr = _rotate(q, *rope), _rotate(k, *rope)  # RoPE only on the local path
         k_seg, v_seg = kr, v
@@ -389,6 +393,16 @@ class InfiniModel(nn.Module):
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z, st
+
+    def _residual_after(self, k: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
+        """The ``residual-after`` score of one segment's keys k and values v (b, k, n, d), float32
+        (b, k, n): ||v - retrieved||^2 with the memory (M, z) that already holds the segment. With
+        the memory off, the segment alone is written into an empty memory for the score, so a
+        token is scored by how far it stands from what its own segment makes typical."""
+        fk = self.variant.features(k)
+        if not self.cfg.enabled:
+            M, z = self.variant.update(fk, v, None, None, rule=self.cfg.update)
+        return residual_score(v, self.variant.held(fk, M, z))
 
     def _received(self, q: Tensor, k: Tensor, *, pos: int, prefix: int, visible: Tensor | None) -> Tensor:
         """The attention weight each local key receives, times the number of keys its query sees
