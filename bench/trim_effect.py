@@ -23,14 +23,17 @@ from infsum.prompt import clean_summary
 from infsum.scoring import bootstrap_ci, score
 
 
-def _rows(run_dir: Path, strategy: str) -> dict[str, dict]:
+def stored_rows(run_dir: Path, strategy: str) -> dict[str, dict]:
+    """The stored rows of ``strategy`` in a ``bench.quality`` run directory, by item id."""
     return {
         p.stem: json.loads(p.read_text(encoding="utf-8"))
         for p in sorted((run_dir / "items" / strategy).glob("*.json"))
     }
 
 
-def _paired(a: list[float], b: list[float]) -> dict:
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean of the per-item differences a - b (fractions, reported in points), its bootstrap 95%
+    interval, and the items better and worse."""
     diffs = [100 * (x - y) for x, y in zip(a, b, strict=True)]
     lo, hi = bootstrap_ci(diffs)
     return {
@@ -50,7 +53,7 @@ def main() -> None:
     p.add_argument("--new", type=Path, required=True, help="run directory of this checkout")
     args = p.parse_args()
     items = {i.id: i for i in load_items(args.data)}
-    old, new = _rows(args.old, args.strategy), _rows(args.new, args.strategy)
+    old, new = stored_rows(args.old, args.strategy), stored_rows(args.new, args.strategy)
     common = [k for k in old if k in new and k in items]
     if len(common) < 5:
         raise SystemExit(f"{len(common)} items in both runs: at least 5 are needed for an interval")
@@ -73,9 +76,9 @@ def main() -> None:
         "words_target": round(sum(new[k]["words_target"] for k in common) / n, 1),
         "mean_words": {k: round(sum(v) / n, 1) for k, v in words.items()},
         "overall": {k: round(100 * sum(v) / n, 2) for k, v in scores.items()},
-        "new_minus_old": _paired(scores["new"], scores["old"]),
-        "trimmed_old_minus_old": _paired(scores["old_trimmed"], scores["old"]),
-        "new_minus_trimmed_old": _paired(scores["new"], scores["old_trimmed"]),
+        "new_minus_old": paired_difference(scores["new"], scores["old"]),
+        "trimmed_old_minus_old": paired_difference(scores["old_trimmed"], scores["old"]),
+        "new_minus_trimmed_old": paired_difference(scores["new"], scores["old_trimmed"]),
     }
     print(json.dumps(out, indent=2))
 

@@ -37,9 +37,7 @@ class MemoryConfig:
     enabled: bool = True  # False forces every gate to local attention (the "memory off" control)
     variant: str = "paper"  # feature map + normaliser, a key of infsum.engine.memory.VARIANTS
     exact_tokens: int = 0  # N exact (key, value) pairs kept per layer per kv head beside M; 0 = off
-    # what ranks them (EXACT_SCORES): "residual-after" scores every segment against the same kind of
-    # memory, so the first segment does not fill the store (docs/store.md)
-    exact_score: ExactScore = "residual-after"
+    exact_score: ExactScore = "residual"  # what ranks them (EXACT_SCORES; chosen in docs/store.md)
     # where their keys sit in RoPE (EXACT_POSITIONS): "fixed" retrieved more passkeys (docs/store.md)
     exact_positions: ExactPositions = "fixed"
     exact_sinks: int = 0  # the stream's first tokens, always kept in the store (attention sinks)

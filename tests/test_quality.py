@@ -81,6 +81,30 @@ def test_infini_controls_change_one_setting_each(quality, monkeypatch, strategy:
     assert cfg.words == 50
 
 
+def test_exact_tokens_reach_the_memory_and_the_row(quality, monkeypatch) -> None:
+    import infsum.pipeline
+
+    seen = []
+    monkeypatch.setattr(infsum.pipeline, "summarize", lambda book, cfg, model=None: seen.append(cfg))
+    runner = quality.Runner(quality.ModelSpec(exact_tokens=64))
+    monkeypatch.setattr(runner, "loaded", lambda: None)
+    runner.summarize("infini-memory-off", book=None, words=50)
+    (cfg,) = seen
+    assert (cfg.memory.exact_tokens, cfg.memory.enabled) == (64, False)
+    assert quality.parse_args(["--run-dir", "r", "--exact-tokens", "64"]).exact_tokens == 64
+
+
+def test_name_recall_counts_the_reference_names_the_book_has() -> None:
+    from bench.name_recall import recall, reference_names
+
+    book = "Anna met Boris in Paris. Later Anna left."
+    refs = ("Then Anna meets Boris and Zed.", "In the end Anna leaves Paris.")
+    names = reference_names(refs, book)
+    assert names == ["Anna", "Boris", "Paris"]  # Zed is not in the book: the reference's slip
+    assert recall("Then Anna and Borisov talk.", names) == pytest.approx(1 / 3)  # whole words only
+    assert recall("Nobody.", []) == 1.0
+
+
 def make_dataset(root: Path) -> Path:
     """Two SQuALITY-style stories with two references each, and one books-style folder."""
     words = "The robot walked to the river. It saw a fish there. The fish spoke to the robot."

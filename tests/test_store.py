@@ -191,7 +191,7 @@ def test_the_residual_score_is_what_the_memory_fails_to_reconstruct(hf):
     """Layer 0 keeps the top N of ||v - sigma(k) M / (sigma(k) z)||^2, with M, z the memory before
     each segment (||v||^2 for the first, empty memory)."""
     ids = _ids(2 * SEG, seed=6, b=2)
-    model = convert(hf, MemoryConfig(segment_len=SEG, exact_tokens=6, exact_score="residual"))
+    model = convert(hf, MemoryConfig(segment_len=SEG, exact_tokens=6))
     with torch.no_grad():
         _, first = model(ids[:, :SEG])
         _, second = model(ids[:, SEG:], first)
@@ -320,7 +320,7 @@ def test_state_file_round_trip_gives_identical_generation(reader, tmp_path):
     state = reader.read(_ids(100, seed=10))
     save_state(state, tmp_path / "book.state")
     loaded = load_state(tmp_path / "book.state")
-    assert loaded.store_settings == "--exact-tokens 8 (score residual-after, positions fixed, 0 sinks)"
+    assert loaded.store_settings == "--exact-tokens 8 (score residual, positions fixed, 0 sinks)"
     for a, b in zip(state.memory.store, loaded.memory.store, strict=True):
         assert a.seen == b.seen == 96
         assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4], strict=True))
@@ -343,7 +343,7 @@ def test_a_state_with_another_store_is_refused(reader, tmp_path):
     for cfg in (replace(reader.cfg, exact_tokens=16), replace(reader.cfg, exact_tokens=0)):
         other = InfiniReader(reader.model.with_config(cfg))
         with pytest.raises(
-            CheckpointError, match=r"--exact-tokens 8 \(score residual-after, positions fixed, 0 sinks\)"
+            CheckpointError, match=r"--exact-tokens 8 \(score residual, positions fixed, 0 sinks\)"
         ):
             other.generate(loaded, [1, 2], GREEDY)
     attention = InfiniReader(reader.model.with_config(replace(reader.cfg, exact_score="attention")))
