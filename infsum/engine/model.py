@@ -22,7 +22,8 @@ keys take positions 0..P-1 (stream order) and the segment P.., so a store holdin
 exactly full causal attention; with ``"fixed"`` (the default: it retrieved more passkeys,
 docs/store.md) all stored keys take position 0 and the segment 1.., so every stored key looks near.
 When a segment is written, its tokens compete with the stored ones on a score fixed at that moment
-and the weakest are dropped: ``"residual"``, LoLA's ||v - retrieved||^2 (arXiv 2505.23666), or
+and the weakest are dropped: ``"residual"``, LoLA's ||v - retrieved||^2 (arXiv 2505.23666),
+``"residual-after"``, the same error against the memory once it holds the segment, or
 ``"attention"``, the mean attention a key received from the segment's queries that see it, relative
 to uniform attention (H2O, arXiv 2306.14048; both normalisations keep early keys from winning only
 because they are early).
