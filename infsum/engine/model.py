@@ -208,20 +208,21 @@ class InfiniModel(nn.Module):
             return state
         assert cache.hide_from is None, "a cache that re-reads stored tokens is never committed"
         Ms, zs, stores = [], [], []
+        after = store_on and self.cfg.exact_score == "residual-after"
         for i in range(self.n_layers):
             M, z, st = self._layer_state(state, i)
+            k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]  # (b, k, n, d) keys before RoPE
+            fk = self.variant.features(k) if self.cfg.enabled or after else None
             if self.cfg.enabled:
-                fk = self.variant.features(cache.k_raw[i, :, :, :n])  # (b, k, n, d) keys before RoPE
-                M, z = self.variant.update(fk, cache.v[i, :, :, :n], M, z, rule=self.cfg.update)
+                M, z = self.variant.update(fk, v, M, z, rule=self.cfg.update)
                 Ms.append(M)
                 zs.append(z)
             if store_on:
-                k, v = cache.k_raw[i, :, :, :n], cache.v[i, :, :, :n]
                 score = cache.score[i, :, :, :n]  # type: ignore[index]
                 if self.cfg.exact_score == "attention":  # sums -> mean over the queries that saw each key
                     score = score / torch.arange(n, 0, -1, device=score.device)
-                elif self.cfg.exact_score == "residual-after":  # against the memory just written
-                    score = self._residual_after(k, v, M, z)
+                elif after:  # against the memory just written
+                    score = self._residual_after(fk, v, M, z)
                 stores.append(
                     select_store(st, k, v, score, self.cfg.exact_tokens, sinks=self.cfg.exact_sinks)
                 )
@@ -351,14 +352,17 @@ class InfiniModel(nn.Module):
             # query head j belongs to kv head j // g (HF's repeat_kv): fold the g heads into n
             fq = self.variant.features(q.reshape(b, kh, g * n, d))  # (b, k, g*n, d), before RoPE
             a_mem = self.variant.read(fq, M, z).view(b, kh * g, n, d)  # read before the update
-        if scoring and self.cfg.exact_score == "residual":
+        residual = scoring and self.cfg.exact_score == "residual"
+        after = write_store and self.cfg.exact_score == "residual-after"
+        # phi(K), computed once for whatever of the memory write and the residual scores needs it
+        fk = self.variant.features(k) if write_memory or after or (residual and self.cfg.enabled) else None
+        if residual:
             # LoLA: what the memory, as it was before this segment, fails to give back for each key
-            held = self.variant.held(self.variant.features(k), M, z) if self.cfg.enabled else None
-            score = residual_score(v, held)  # (b, k, n)
+            score = residual_score(v, self.variant.held(fk, M, z) if self.cfg.enabled else None)  # (b, k, n)
         if write_memory:
-            M, z = self.variant.update(self.variant.features(k), v, M, z, rule=self.cfg.update)
-        if write_store and self.cfg.exact_score == "residual-after":
-            score = self._residual_after(k, v, M, z)
+            M, z = self.variant.update(fk, v, M, z, rule=self.cfg.update)
+        if after:
+            score = self._residual_after(fk, v, M, z)
 
         qr, kr = _rotate(q, *rope), _rotate(k, *rope)  # RoPE only on the local path
         k_seg, v_seg = kr, v
@@ -395,12 +399,11 @@ class InfiniModel(nn.Module):
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z, st
 
-    def _residual_after(self, k: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
-        """The ``residual-after`` score of one segment's keys k and values v (b, k, n, d), float32
-        (b, k, n): ||v - retrieved||^2 with the memory (M, z) that already holds the segment. With
-        the memory off, the segment alone is written into an empty memory for the score, so a
-        token is scored by how far it stands from what its own segment makes typical."""
-        fk = self.variant.features(k)
+    def _residual_after(self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
+        """The ``residual-after`` score of one segment's key features fk = phi(K) and values v
+        (b, k, n, d), float32 (b, k, n): ||v - retrieved||^2 with the memory (M, z) that already holds
+        the segment. With the memory off, the segment alone is written into an empty memory for the
+        score, so a token is scored by how far it stands from what its own segment makes typical."""
         if not self.cfg.enabled:
             M, z = self.variant.update(fk, v, None, None, rule=self.cfg.update)
         return residual_score(v, self.variant.held(fk, M, z))
