@@ -193,8 +193,13 @@ class Runner:
             import torch
 
             device += f" ({torch.cuda.get_device_name(loaded.device)})"
-        dtype = str(loaded.model.dtype).removeprefix("torch.")
-        return {"device": device, "dtype": dtype, "exact_tokens": self.spec.exact_tokens}
+        dtype, decode = str(loaded.model.dtype).removeprefix("torch."), loaded.decode_dtype_name
+        return {
+            "device": device,
+            "dtype": dtype,
+            "decode_dtype": decode,
+            "exact_tokens": self.spec.exact_tokens,
+        }
 
     def summarize(self, strategy: str, book: Book, words: int) -> SummaryResult:
         """The summary of ``book`` in about ``words`` words with ``strategy``, through the same entry

@@ -118,6 +118,25 @@ def resolve_dtype(
     return getattr(torch, choice)
 
 
+def resolve_decode_dtype(
+    choice: str | torch.dtype | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    flags: frozenset[str] | None = None,
+) -> torch.dtype | None:
+    """The dtype of the weight copies a decoded token reads, or None for the weights themselves:
+    float16 under ``auto`` (or None) for float32 weights on an x86 CPU with F16C (``f16c`` in
+    ``flags``, default this CPU's). One decoded token reads every weight once; float16 copies halve
+    the bytes and decoded XXX as fast as float32 on an AVX2 CPU, with ROUGE as in float32
+    (docs/speed.md). Streaming keeps the float32 weights (float16 products of many rows are slower
+    there). A dtype chosen by name or as a torch dtype is used alone."""
+    if choice not in (None, "auto") or device.type != "cpu" or dtype != torch.float32:
+        return None
+    flags = cpu_flags() if flags is None else flags
+    return torch.float16 if flags is not None and "f16c" in flags else None
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A causal LM ready to run (eval mode, on ``device``) and its tokenizer."""
@@ -128,11 +147,17 @@ class LoadedModel:
     path: Path  # the local directory it was loaded from
     device: torch.device
     is_default: bool
+    decode_dtype: torch.dtype | None = None  # see resolve_decode_dtype
 
     @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return next(self.model.parameters()).dtype
+
+    @property
+    def decode_dtype_name(self) -> str | None:
+        """``decode_dtype`` as JSON records it ("float16"), or None."""
+        return str(self.decode_dtype).removeprefix("torch.") if self.decode_dtype else None
 
 
 def load_model(
@@ -144,13 +169,13 @@ def load_model(
 ) -> LoadedModel:
     """Load ``name`` (default model, local directory, ``.gguf`` file or Hugging Face id) in eval mode.
 
-    ``dtype``: a torch dtype, ``float32``, ``bfloat16`` or ``auto`` (see ``resolve_dtype``); None
-    (the default) is float32 on CPU and MPS, bfloat16 on CUDA. ``progress`` receives one-line
-    messages while the model is fetched or converted.
+    ``dtype``: a torch dtype, ``float32``, ``bfloat16`` or ``auto`` (see ``resolve_dtype`` and, for
+    the weights decoded tokens read, ``resolve_decode_dtype``); None (the default) is ``auto``.
+    ``progress`` receives one-line messages while the model is fetched or converted.
     """
     dev = resolve_device(device)
     is_default = name is None or name == DEFAULT_MODEL
-    dtype = resolve_dtype(dtype, dev)
+    choice, dtype = dtype, resolve_dtype(dtype, dev)
     path = locate_model(name, progress=progress)
     if progress:
         progress(f"Loading {DEFAULT_MODEL if is_default else name}...")
@@ -162,6 +187,7 @@ def load_model(
         path=path,
         device=dev,
         is_default=is_default,
+        decode_dtype=resolve_decode_dtype(choice, dev, dtype),
     )
 
 

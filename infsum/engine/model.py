@@ -34,6 +34,7 @@ g query heads per kv head, d head dim.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,8 +45,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
+from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
+
+log = logging.getLogger("infsum")
 
 SUPPORTED = ("llama", "mistral", "qwen2")  # config.model_type values with the Llama layer layout
 _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
@@ -90,6 +94,8 @@ class InfiniModel(nn.Module):
 
     ``gates`` (L, h) holds the paper's beta, one per query head per layer (float32 Parameter);
     ``infini_state_dict`` lists everything Infini-specific that is trained and saved as an adapter.
+    ``decode_dtype``: None, or float16 for a float32 model whose decoded tokens read float16 copies
+    of the weights (``engine/decode_weights.py``; ``ready`` sets it from the loaded model).
     """
 
     def __init__(self, hf_model: nn.Module, cfg: MemoryConfig) -> None:
@@ -112,6 +118,7 @@ class InfiniModel(nn.Module):
         beta = torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device)
         self.gates = nn.Parameter(beta)  # (L, h) one beta per query head per layer
         self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
+        self.decode_dtype: torch.dtype | None = None
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -175,6 +182,7 @@ class InfiniModel(nn.Module):
         other = InfiniModel(self.hf, cfg)
         other.gates = self.gates  # share the trained beta
         other.name = self.name
+        other.decode_dtype = self.decode_dtype
         return other
 
     def new_cache(self, batch: int = 1) -> LocalCache:
@@ -195,7 +203,18 @@ class InfiniModel(nn.Module):
         """
         m = input_ids.shape[1]
         assert cache.pos + m <= cache.size, "decode past the segment end: commit the cache first"
-        out, _ = self._run(input_ids, state, pos=cache.pos, cache=cache, write=False, logits="last")
+        half = self._half(input_ids)
+        sums = None  # the attention score sums into earlier slots: kept, in case the step is run again
+        if half and self.cfg.exact_score == "attention" and cache.score is not None:
+            sums = cache.score.clone()
+        pos = cache.pos
+        out, _ = self._run(input_ids, state, pos=pos, cache=cache, write=False, logits="last", half=half)
+        if half and not bool(torch.isfinite(out).all()):  # a product left float16's range
+            log.warning("a decoded token overflowed float16: decoding from the float32 weights from here on")
+            self.decode_dtype = None
+            if sums is not None:
+                cache.score.copy_(sums)  # type: ignore[union-attr]
+            out, _ = self._run(input_ids, state, pos=pos, cache=cache, write=False, logits="last")
         cache.pos += m
         return out
 
@@ -251,21 +270,45 @@ class InfiniModel(nn.Module):
         cache: LocalCache | None,
         write: bool,
         logits: Logits,
+        half: bool = False,
     ) -> tuple[Tensor | None, MemoryState | None]:
         """ids (b, n) at local positions pos..pos+n-1 through every layer and, unless ``logits`` is
-        "none", the LM head."""
-        h, new_state = self._layers(ids, state, pos=pos, cache=cache, write=write)
+        "none", the LM head; with ``half``, the weight products from float16 copies."""
+        h, new_state = self._layers(ids, state, pos=pos, cache=cache, write=write, half=half)
         if logits == "none":
             return None, new_state
         if logits == "last":
             h = h[:, -1]
+        if half and (out := half_linear((self.hf.lm_head,), self.hf.model.norm(h))) is not None:
+            return out[0], new_state
         return self.logits(h), new_state
 
+    def _half(self, ids: Tensor) -> bool:
+        """Whether decoding ``ids`` reads the float16 copies: ``decode_dtype`` asks for them, no
+        gradients, and few rows (with many, float32 products are the faster ones)."""
+        return self.decode_dtype == HALF and ids.numel() <= MAX_ROWS and not torch.is_grad_enabled()
+
+    def _mlp(self, mlp: nn.Module, x: Tensor, half: bool) -> Tensor:
+        """The layer's MLP on x; with ``half``, a Llama-style MLP (down(act(gate(x)) * up(x))) from
+        the float16 copies, gate and up in one product."""
+        parts = [getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")]
+        gu = half_linear(parts[:2], x) if half and all(p is not None for p in parts) else None
+        down = half_linear(parts[2:3], parts[3](gu[0]) * gu[1]) if gu is not None else None
+        return down[0] if down is not None else mlp(x)
+
     def _layers(
-        self, ids: Tensor, state: MemoryState | None, *, pos: int, cache: LocalCache | None, write: bool
+        self,
+        ids: Tensor,
+        state: MemoryState | None,
+        *,
+        pos: int,
+        cache: LocalCache | None,
+        write: bool,
+        half: bool = False,
     ) -> tuple[Tensor, MemoryState | None]:
         """ids (b, n) at local positions pos..pos+n-1 through every layer -> (final hidden states
-        before the norm (b, n, hidden), new memory state)."""
+        before the norm (b, n, hidden), new memory state); with ``half``, the weight products from
+        float16 copies."""
         m = self.hf.model
         h = m.embed_tokens(ids)  # (b, n, hidden)
         held = state.store[0].size if state is not None and state.store else 0
@@ -291,9 +334,10 @@ class InfiniModel(nn.Module):
                 cache=cache,
                 write_memory=write_memory,
                 write_store=write_store,
+                half=half,
             )
             h = h + a
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h), half)
             if write_memory:
                 Ms.append(M)
                 zs.append(z)
@@ -337,13 +381,18 @@ class InfiniModel(nn.Module):
         cache: LocalCache | None,
         write_memory: bool,
         write_store: bool,
+        half: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, ExactStore | None]:
-        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z, store)."""
+        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z, store); with ``half``,
+        the projections from float16 copies (q, k and v in one product)."""
         b, n, _ = x.shape
         kh, g, d = self.n_kv, self.groups, self.head_dim
-        q = attn.q_proj(x).view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
-        k = attn.k_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
-        v = attn.v_proj(x).view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        qkv = half_linear(projections, x) if half else None
+        q, k, v = qkv if qkv is not None else (p(x) for p in projections)
+        q = q.view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
+        k = k.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
+        v = v.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
 
         a_mem, score = None, None
         # store scores are taken for a segment being written, or for tokens entering the cache
@@ -397,7 +446,9 @@ class InfiniModel(nn.Module):
 
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
-        return attn.o_proj(a.transpose(1, 2).reshape(b, n, kh * g * d)), M, z, st
+        a = a.transpose(1, 2).reshape(b, n, kh * g * d)
+        out = half_linear((attn.o_proj,), a) if half else None
+        return (out[0] if out is not None else attn.o_proj(a)), M, z, st
 
     def _residual_after(self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
         """The ``residual-after`` score of one segment's key features fk = phi(K) and values v
