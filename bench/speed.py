@@ -9,6 +9,9 @@ hits every mode alike), then prints one JSON object with each mode's median and 
   in float32: its ``infsum`` package is extracted with ``git archive`` and the child imports it
   instead of this checkout's. The baseline of the ratios.
 - ``float32`` and ``bfloat16``: this checkout in that dtype (memory M and z stay float32).
+- ``auto``: this checkout as ``--dtype auto`` loads it, the default: bfloat16 on a CPU with native
+  bfloat16; elsewhere float32, its decoded tokens reading float16 copies of the weights where the
+  CPU has F16C (``resolve_decode_dtype``). The report says which (``dtype``, ``decode_dtype``).
   Every infsum mode loads the default model with ``--adapter`` (the shipped adapter by default, as
   ``infsum BOOK`` runs), streams ``--stream-tokens`` random ids (tokens/s over whole segments), then
   decodes ``--decode-tokens`` greedily after ``--prompt-tokens`` local tokens (the default, 1,400, is
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("previous", "float32", "bfloat16", "llama.cpp", "sampler")
+MODES = ("previous", "float32", "bfloat16", "auto", "llama.cpp", "sampler")
 
 
 def _ids(n: int, seed: int) -> torch.Tensor:
@@ -127,14 +130,19 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
     from infsum.engine import InfiniReader, load_state, ready, save_state
     from infsum.models import load_model
 
-    loaded = load_model(args.model, device="cpu", dtype=getattr(torch, dtype))
+    loaded = load_model(args.model, device="cpu", dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     model = ready(loaded, MemoryConfig(segment_len=args.segment_len), _adapter(args.adapter)).model.eval()
     reader = InfiniReader(model)
     seg = args.segment_len
     ids = _ids(args.stream_tokens // seg * seg, seed=0)
-    report: dict = {"dtype": dtype, "infsum": str(Path(infsum.__file__).parent)}
+    report: dict = {
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "infsum": str(Path(infsum.__file__).parent),
+    }
+    if dtype == "auto":
+        report["decode_dtype"] = loaded.decode_dtype_name
     state_file = Path(args.state)
-    if dtype == "float32" or args.bf16_stream or _native_bf16():
+    if dtype in ("float32", "auto") or args.bf16_stream or _native_bf16():
         state, report["streaming"] = _stream(reader, ids)
         if args.child == "float32":  # the state a bfloat16 child without native bfloat16 decodes from
             save_state(state, state_file)
@@ -339,7 +347,7 @@ def _ratios(results: dict) -> dict:
                                                 rate("sampler", "current_ms_per_token"))}  # fmt: skip
     for part, other in (("streaming", "streaming"), ("decode", "decode"), ("prefill", "streaming")):
         base = rate("previous", other, "tokens_per_s")
-        for mode in ("float32", "bfloat16", "llama.cpp"):
+        for mode in ("float32", "bfloat16", "auto", "llama.cpp"):
             pairs[f"{part}_{mode}_vs_previous"] = (rate(mode, part, "tokens_per_s"), base)
     return {k: round(a / b, 2) for k, (a, b) in pairs.items() if a and b}
 

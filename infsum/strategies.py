@@ -354,7 +354,9 @@ class WindowSummarizer:
 
         self.window = int(loaded.model.config.max_position_embeddings)
         cfg = MemoryConfig(segment_len=self.window, enabled=False)
-        self.reader = InfiniReader(InfiniModel(loaded.model, cfg))
+        model = InfiniModel(loaded.model, cfg)
+        model.decode_dtype = loaded.decode_dtype
+        self.reader = InfiniReader(model)
         self.tok = loaded.tokenizer
         self.gen = gen
 

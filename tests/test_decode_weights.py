@@ -14,11 +14,12 @@ import torch
 import transformers
 from torch import nn
 
-from infsum.config import MemoryConfig
+from infsum.config import GenerationConfig, MemoryConfig
 from infsum.engine import InfiniReader, convert, ready
 from infsum.engine.decode_weights import half_linear
 from infsum.engine.lora import LoRALinear
 from infsum.models import load_model, resolve_decode_dtype
+from infsum.strategies import WindowSummarizer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 AVX2 = frozenset({"avx2", "fma", "f16c"})
@@ -171,3 +172,9 @@ def test_a_step_that_overflows_float16_is_redone_in_float32(tiny_hf, score, capl
     ]
     assert all(torch.equal(h, e) for h, e in zip(half, exact, strict=True))
     assert torch.equal(half_scores, exact_scores)
+
+
+def test_the_window_baselines_decode_like_the_ready_model(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("infsum.models.cpu_flags", lambda: AVX2)
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    assert WindowSummarizer(loaded, GenerationConfig()).reader.model.decode_dtype == torch.float16

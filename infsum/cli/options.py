@@ -189,7 +189,8 @@ Dtype = Annotated[
     typer.Option(
         show_default=False,
         help="Weight precision; auto: bfloat16 on CUDA and on CPUs with native bfloat16 "
-        "(avx512_bf16, amx_bf16), else float32 [default: auto].",
+        "(avx512_bf16, amx_bf16), else float32, decoded tokens reading float16 copies of the "
+        "weights where the CPU has F16C; float32: float32 throughout [default: auto].",
     ),
 ]
 Strategy = Annotated[

@@ -16,6 +16,9 @@ cache keyed weakly by the first linear, so they go with the model and are shared
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import weakref
 from collections.abc import Sequence
 
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 from infsum.engine.lora import LoRALinear
 
 HALF = torch.float16
+MMAP_THRESHOLD = 1 << 20  # bytes; see steady_malloc
 MAX_ROWS = 4  # float16 copies win up to 4 rows a product here (2.4x at 2, 1.3x at 4, 0.7x at 8)
 
 _Copy = tuple[tuple[int, ...], Tensor, Tensor | None, tuple[int, ...]]  # key, weight, bias, splits
@@ -41,14 +45,39 @@ def _parts(lin: nn.Module) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]] |
     return None
 
 
+@functools.cache
+def steady_malloc() -> bool:
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` for this process (once) -> whether it was set.
+
+    glibc raises the threshold each time a large block it had mapped is freed (up to 32 MiB). The
+    float16 products of a decoded token do that, and the activations of the next segment streamed
+    (a few MiB each) then come from the heap, where they stayed: with float16 decoding between
+    segments, peak RSS grew by 250-300 MB a 16K-token passkey trial, and stayed flat with the
+    threshold fixed at 1 MiB (docs/speed.md). No-op where the C library has no ``mallopt``."""
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    return bool(mallopt and mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
+
+
 def _copy(parts: list[tuple[Tensor, Tensor | None, tuple[Tensor, ...]]], key: tuple[int, ...]) -> _Copy:
-    """The stacked float16 weight and bias (None when no linear has one) of ``parts``."""
+    """The stacked float16 weight and bias (None when no linear has one) of ``parts``, each part
+    copied into its rows (no float32 temporary: freeing one raises glibc's mmap threshold, and the
+    stream's later buffers then stay in the heap, which measured 350 MB more peak RSS)."""
+    steady_malloc()
+    splits = tuple(w.shape[0] for w, _, _ in parts)
+    w0 = parts[0][0]
+    weight = torch.empty(sum(splits), w0.shape[1], dtype=HALF, device=w0.device)
+    bias = None
+    if any(b is not None for _, b, _ in parts):
+        bias = torch.zeros(sum(splits), dtype=HALF, device=w0.device)
     with torch.no_grad():
-        weight = torch.cat([w for w, _, _ in parts]).to(HALF)
-        bias = None
-        if any(b is not None for _, b, _ in parts):
-            bias = torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b, _ in parts]).to(HALF)
-    return key, weight, bias, tuple(w.shape[0] for w, _, _ in parts)
+        for (w, _, _), rows in zip(parts, weight.split(splits), strict=True):
+            rows.copy_(w)
+        if bias is not None:
+            for (_, b, _), rows in zip(parts, bias.split(splits), strict=True):
+                if b is not None:
+                    rows.copy_(b)
+    return key, weight, bias, splits
 
 
 def half_linear(linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear
+from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear, steady_malloc
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
@@ -118,7 +118,7 @@ class InfiniModel(nn.Module):
         beta = torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device)
         self.gates = nn.Parameter(beta)  # (L, h) one beta per query head per layer
         self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
-        self.decode_dtype: torch.dtype | None = None
+        self._decode_dtype: torch.dtype | None = None
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -172,6 +172,19 @@ class InfiniModel(nn.Module):
     def logits(self, h: Tensor) -> Tensor:
         """The LM head on final hidden states (..., hidden) -> (..., V)."""
         return self.hf.lm_head(self.hf.model.norm(h))
+
+    @property
+    def decode_dtype(self) -> torch.dtype | None:
+        """None, or float16: decoded tokens read float16 copies of the (float32) weights."""
+        return self._decode_dtype
+
+    @decode_dtype.setter
+    def decode_dtype(self, dtype: torch.dtype | None) -> None:
+        if dtype is not None and dtype != HALF:
+            raise ValueError(f"decode_dtype must be None or torch.float16, not {dtype}")
+        if dtype == HALF:  # before anything is streamed, so no heap grows under glibc's moving threshold
+            steady_malloc()
+        self._decode_dtype = dtype
 
     def with_config(self, cfg: MemoryConfig) -> InfiniModel:
         """The same model under another MemoryConfig: the HF weights (and any LoRA on them) and the
