@@ -136,7 +136,7 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
     seg = args.segment_len
     ids = _ids(args.stream_tokens // seg * seg, seed=0)
     report: dict = {
-        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "infsum": str(Path(infsum.__file__).parent),
     }
     if dtype == "auto":

@@ -8,6 +8,7 @@ float32; the rule that turns the copies on follows the dtype choice, the device 
 from __future__ import annotations
 
 import logging
+import platform
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from infsum.config import GenerationConfig, MemoryConfig
 from infsum.engine import InfiniReader, convert, ready
-from infsum.engine.decode_weights import half_linear
+from infsum.engine.decode_weights import half_linear, release_freed
 from infsum.engine.lora import LoRALinear
 from infsum.models import load_model, resolve_decode_dtype
 from infsum.strategies import WindowSummarizer
@@ -178,3 +179,16 @@ def test_the_window_baselines_decode_like_the_ready_model(tiny_model_dir, monkey
     monkeypatch.setattr("infsum.models.cpu_flags", lambda: AVX2)
     loaded = load_model(str(tiny_model_dir), device="cpu")
     assert WindowSummarizer(loaded, GenerationConfig()).reader.model.decode_dtype == torch.float16
+
+
+def test_decode_dtype_is_float16_or_none(tiny_hf):
+    model = convert(tiny_hf, MemoryConfig(segment_len=SEG))
+    with pytest.raises(ValueError, match="decode_dtype must be None or torch.float16"):
+        model.decode_dtype = torch.bfloat16
+    model.decode_dtype = torch.float16
+    assert model.decode_dtype == torch.float16
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_is_trimmed_through_glibc():
+    assert release_freed() is True

@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from infsum.engine.lora import LoRALinear
 
 HALF = torch.float16
-MMAP_THRESHOLD = 1 << 20  # bytes; see steady_malloc
 MAX_ROWS = 4  # float16 copies win up to 4 rows a product here (2.4x at 2, 1.3x at 4, 0.7x at 8)
 
 _Copy = tuple[tuple[int, ...], Tensor, Tensor | None, tuple[int, ...]]  # key, weight, bias, splits
@@ -46,24 +45,28 @@ def _parts(lin: nn.Module) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]] |
 
 
 @functools.cache
-def steady_malloc() -> bool:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` for this process (once) -> whether it was set.
-
-    glibc raises the threshold each time a large block it had mapped is freed (up to 32 MiB). The
-    float16 products of a decoded token do that, and the activations of the next segment streamed
-    (a few MiB each) then come from the heap, where they stayed: with float16 decoding between
-    segments, peak RSS grew by 250-300 MB a 16K-token passkey trial, and stayed flat with the
-    threshold fixed at 1 MiB (docs/speed.md). No-op where the C library has no ``mallopt``."""
+def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    return bool(mallopt and mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
+def release_freed() -> bool:
+    """Give the heap's freed memory back to the system (glibc's ``malloc_trim``) -> whether it could.
+
+    ``InfiniReader.generate`` calls it after an answer decoded from the copies. The float16
+    products move glibc's allocation pattern so that the freed activations of the next segments
+    stayed in the heap: RSS after a 16K-token passkey trial grew from 1,372 to 1,597 MiB on the
+    second trial, and stayed at 1,276 after every trial with this call (docs/speed.md). No-op where
+    the C library has no ``malloc_trim``."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+    return trim is not None
 
 
 def _copy(parts: list[tuple[Tensor, Tensor | None, tuple[Tensor, ...]]], key: tuple[int, ...]) -> _Copy:
     """The stacked float16 weight and bias (None when no linear has one) of ``parts``, each part
-    copied into its rows (no float32 temporary: freeing one raises glibc's mmap threshold, and the
-    stream's later buffers then stay in the heap, which measured 350 MB more peak RSS)."""
-    steady_malloc()
+    copied into its rows (no float32 temporary: a first version with them peaked 50 MB higher)."""
     splits = tuple(w.shape[0] for w, _, _ in parts)
     w0 = parts[0][0]
     weight = torch.empty(sum(splits), w0.shape[1], dtype=HALF, device=w0.device)

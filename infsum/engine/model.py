@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear, steady_malloc
+from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
@@ -182,8 +182,6 @@ class InfiniModel(nn.Module):
     def decode_dtype(self, dtype: torch.dtype | None) -> None:
         if dtype is not None and dtype != HALF:
             raise ValueError(f"decode_dtype must be None or torch.float16, not {dtype}")
-        if dtype == HALF:  # before anything is streamed, so no heap grows under glibc's moving threshold
-            steady_malloc()
         self._decode_dtype = dtype
 
     def with_config(self, cfg: MemoryConfig) -> InfiniModel:

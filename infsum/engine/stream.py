@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from infsum.config import GenerationConfig
+from infsum.engine.decode_weights import release_freed
 from infsum.engine.memory import ExactStore, MemoryState
 from infsum.engine.model import InfiniModel
 from infsum.errors import CheckpointError, ConfigError
@@ -272,6 +273,8 @@ class InfiniReader:
             return self._decode_loop(local[head:], memory, gen, set(stop_ids), on_token, hide_from, spared)
         finally:
             self.model.train(was_training)
+            if self.model.decode_dtype is not None:  # the heap the float16 products left behind
+                release_freed()
 
     def _decode_loop(
         self,
