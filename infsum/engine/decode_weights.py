@@ -103,3 +103,10 @@ def half_linear(linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
     _, weight, bias, splits = slot[len(parts)]
     out = F.linear(x.to(HALF), weight, bias).to(x.dtype)
     return list(out.split(splits, dim=-1))
+
+
+def products(linears: Sequence[nn.Module], x: Tensor, *, half: bool) -> list[Tensor]:
+    """``[lin(x) for lin in linears]``: with ``half``, from their float16 copy (``half_linear``)
+    where they have one; otherwise by running them."""
+    out = half_linear(linears, x) if half else None
+    return out if out is not None else [lin(x) for lin in linears]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.decode_weights import HALF, MAX_ROWS, half_linear
+from infsum.engine.decode_weights import HALF, MAX_ROWS, products
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
@@ -169,9 +169,10 @@ class InfiniModel(nn.Module):
             outs.append(out)
         return outs, state
 
-    def logits(self, h: Tensor) -> Tensor:
-        """The LM head on final hidden states (..., hidden) -> (..., V)."""
-        return self.hf.lm_head(self.hf.model.norm(h))
+    def logits(self, h: Tensor, *, half: bool = False) -> Tensor:
+        """The LM head on final hidden states (..., hidden) -> (..., V); with ``half``, from its
+        float16 copy (decoded tokens, ``decode_dtype``)."""
+        return products((self.hf.lm_head,), self.hf.model.norm(h), half=half)[0]
 
     @property
     def decode_dtype(self) -> torch.dtype | None:
@@ -290,9 +291,7 @@ class InfiniModel(nn.Module):
             return None, new_state
         if logits == "last":
             h = h[:, -1]
-        if half and (out := half_linear((self.hf.lm_head,), self.hf.model.norm(h))) is not None:
-            return out[0], new_state
-        return self.logits(h), new_state
+        return self.logits(h, half=half), new_state
 
     def _half(self, ids: Tensor) -> bool:
         """Whether decoding ``ids`` reads the float16 copies: ``decode_dtype`` asks for them, no
@@ -302,10 +301,13 @@ class InfiniModel(nn.Module):
     def _mlp(self, mlp: nn.Module, x: Tensor, half: bool) -> Tensor:
         """The layer's MLP on x; with ``half``, a Llama-style MLP (down(act(gate(x)) * up(x))) from
         the float16 copies, gate and up in one product."""
-        parts = [getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")]
-        gu = half_linear(parts[:2], x) if half and all(p is not None for p in parts) else None
-        down = half_linear(parts[2:3], parts[3](gu[0]) * gu[1]) if gu is not None else None
-        return down[0] if down is not None else mlp(x)
+        gate_proj, up_proj, down_proj, act = (
+            getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")
+        )
+        if not half or None in (gate_proj, up_proj, down_proj, act):
+            return mlp(x)
+        g, u = products((gate_proj, up_proj), x, half=True)
+        return products((down_proj,), act(g) * u, half=True)[0]
 
     def _layers(
         self,
@@ -398,9 +400,7 @@ class InfiniModel(nn.Module):
         the projections from float16 copies (q, k and v in one product)."""
         b, n, _ = x.shape
         kh, g, d = self.n_kv, self.groups, self.head_dim
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        qkv = half_linear(projections, x) if half else None
-        q, k, v = qkv if qkv is not None else (p(x) for p in projections)
+        q, k, v = products((attn.q_proj, attn.k_proj, attn.v_proj), x, half=half)
         q = q.view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
         k = k.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
         v = v.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
@@ -458,8 +458,7 @@ class InfiniModel(nn.Module):
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         a = a.transpose(1, 2).reshape(b, n, kh * g * d)
-        out = half_linear((attn.o_proj,), a) if half else None
-        return (out[0] if out is not None else attn.o_proj(a)), M, z, st
+        return products((attn.o_proj,), a, half=half)[0], M, z, st
 
     def _residual_after(self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
         """The ``residual-after`` score of one segment's key features fk = phi(K) and values v
