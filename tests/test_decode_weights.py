@@ -19,6 +19,7 @@ from infsum.config import GenerationConfig, MemoryConfig
 from infsum.engine import InfiniReader, convert, ready
 from infsum.engine.decode_weights import half_linear, release_freed
 from infsum.engine.lora import LoRALinear
+from infsum.engine.model import _norm
 from infsum.models import load_model, resolve_decode_dtype
 from infsum.strategies import WindowSummarizer
 
@@ -61,6 +62,38 @@ def test_the_copy_follows_a_weight_changed_in_place():
     with torch.inference_mode():
         after = half_linear((lin,), x)[0]  # type: ignore[index]
     torch.testing.assert_close(after, -2.0 * before, rtol=2e-3, atol=2e-3)
+
+
+def test_the_copy_follows_a_bias_changed_in_place():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    x = torch.randn(1, 16)
+    with torch.inference_mode():
+        half_linear((lin,), x)
+    with torch.no_grad():
+        lin.bias.add_(3.0)
+    with torch.inference_mode():
+        out = half_linear((lin,), x)[0]  # type: ignore[index]
+    torch.testing.assert_close(out.double(), _reference(lin, x), rtol=2e-3, atol=2e-3)
+
+
+def test_a_decoded_tokens_rms_norm_is_torchs_fused_one_with_the_same_values(tiny_hf):
+    torch.manual_seed(0)
+    norm = tiny_hf.model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(1, 1, norm.weight.shape[0]) * 5
+    with torch.inference_mode():
+        torch.testing.assert_close(_norm(norm, x, True), norm(x), rtol=1e-6, atol=1e-6)
+
+    class Shifted(nn.Module):  # a norm of another form is run as it is
+        weight = norm.weight
+        variance_epsilon = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1.0
+
+    torch.testing.assert_close(_norm(Shifted(), x, True), x + 1.0)
 
 
 def test_a_lora_linear_is_copied_with_its_merged_weight():

@@ -36,13 +36,21 @@ _Copy = tuple[tuple[int, ...], Tensor, Tensor | None, tuple[int, ...]]  # key, w
 _COPIES: weakref.WeakKeyDictionary[nn.Module, dict[int, _Copy]] = weakref.WeakKeyDictionary()
 
 
-def _parts(lin: nn.Module) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]] | None:
-    """(effective weight, bias, the tensors it is built from) of a plain or LoRA linear, else None."""
+def _sources(lin: nn.Module) -> tuple[Tensor, ...] | None:
+    """The tensors a plain or LoRA linear's effective weight and bias are built from, else None."""
     if isinstance(lin, LoRALinear):
-        return lin.merged_weight(), lin.base.bias, (lin.base.weight, lin.lora_A, lin.lora_B)
+        base = lin.base
+        return (base.weight, lin.lora_A, lin.lora_B) + (() if base.bias is None else (base.bias,))
     if type(lin) is nn.Linear:
-        return lin.weight, lin.bias, (lin.weight,)
+        return (lin.weight,) if lin.bias is None else (lin.weight, lin.bias)
     return None
+
+
+def _parts(lin: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """(effective weight, bias) of a plain or LoRA linear (one ``_sources`` accepts)."""
+    if isinstance(lin, LoRALinear):
+        return lin.merged_weight(), lin.base.bias
+    return lin.weight, lin.bias
 
 
 @functools.cache
@@ -65,20 +73,21 @@ def release_freed() -> bool:
     return trim is not None
 
 
-def _copy(parts: list[tuple[Tensor, Tensor | None, tuple[Tensor, ...]]], key: tuple[int, ...]) -> _Copy:
-    """The stacked float16 weight and bias (None when no linear has one) of ``parts``, each part
+def _copy(linears: Sequence[nn.Module], key: tuple[int, ...]) -> _Copy:
+    """The stacked float16 weight and bias (None when no linear has one) of ``linears``, each
     copied into its rows (no float32 temporary: a first version with them peaked 50 MB higher)."""
-    splits = tuple(w.shape[0] for w, _, _ in parts)
+    parts = [_parts(lin) for lin in linears]
+    splits = tuple(w.shape[0] for w, _ in parts)
     w0 = parts[0][0]
     weight = torch.empty(sum(splits), w0.shape[1], dtype=HALF, device=w0.device)
     bias = None
-    if any(b is not None for _, b, _ in parts):
+    if any(b is not None for _, b in parts):
         bias = torch.zeros(sum(splits), dtype=HALF, device=w0.device)
     with torch.no_grad():
-        for (w, _, _), rows in zip(parts, weight.split(splits), strict=True):
+        for (w, _), rows in zip(parts, weight.split(splits), strict=True):
             rows.copy_(w)
         if bias is not None:
-            for (_, b, _), rows in zip(parts, bias.split(splits), strict=True):
+            for (_, b), rows in zip(parts, bias.split(splits), strict=True):
                 if b is not None:
                     rows.copy_(b)
     return key, weight, bias, splits
@@ -92,15 +101,18 @@ def half_linear(linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
     Float16 holds values up to 65,504: a product outside it comes back as inf or nan, which the
     caller checks for (``InfiniModel.decode`` checks the step's logits and redoes the step in
     float32)."""
-    found = [_parts(lin) for lin in linears]
-    parts = [p for p in found if p is not None]
-    if len(parts) < len(found):
+    sources = [_sources(lin) for lin in linears]
+    if any(s is None for s in sources):
         return None
-    key = tuple(n for _, _, sources in parts for t in sources for n in (t.data_ptr(), t._version))
-    slot = _COPIES.setdefault(linears[0], {})
-    if slot.get(len(parts), (None,))[0] != key:
-        slot[len(parts)] = _copy(parts, key)
-    _, weight, bias, splits = slot[len(parts)]
+    # checked on every call, so kept cheap: the merged LoRA weight is only asked for on a rebuild
+    key = tuple(n for ts in sources for t in ts for n in (t.data_ptr(), t._version))  # type: ignore[union-attr]
+    slot = _COPIES.get(linears[0])
+    if slot is None:
+        slot = _COPIES[linears[0]] = {}
+    copy = slot.get(len(linears))
+    if copy is None or copy[0] != key:
+        copy = slot[len(linears)] = _copy(linears, key)
+    _, weight, bias, splits = copy
     out = F.linear(x.to(HALF), weight, bias).to(x.dtype)
     return list(out.split(splits, dim=-1))
 
