@@ -17,7 +17,7 @@ from torch import nn
 
 from infsum.config import GenerationConfig, MemoryConfig
 from infsum.engine import InfiniReader, convert, ready
-from infsum.engine.decode_weights import half_linear, release_freed
+from infsum.engine.decode_weights import DecodeCopies, release_freed
 from infsum.engine.lora import LoRALinear
 from infsum.engine.model import _norm
 from infsum.models import load_model, resolve_decode_dtype
@@ -41,7 +41,7 @@ def test_fused_products_equal_each_linear_from_float16_weights():
     q, k, v = nn.Linear(32, 24), nn.Linear(32, 8, bias=False), nn.Linear(32, 8)
     x = torch.randn(1, 1, 32)
     with torch.inference_mode():
-        outs = half_linear((q, k, v), x)
+        outs = DecodeCopies().linear((q, k, v), x)
     assert outs is not None
     assert [o.shape for o in outs] == [(1, 1, 24), (1, 1, 8), (1, 1, 8)]
     assert all(o.dtype == torch.float32 for o in outs)
@@ -53,28 +53,63 @@ def test_fused_products_equal_each_linear_from_float16_weights():
 
 def test_the_copy_follows_a_weight_changed_in_place():
     torch.manual_seed(0)
+    copies = DecodeCopies()
     lin = nn.Linear(16, 16, bias=False)
     x = torch.randn(1, 16)
     with torch.inference_mode():
-        before = half_linear((lin,), x)[0]  # type: ignore[index]
+        before = copies.linear((lin,), x)[0]  # type: ignore[index]
     with torch.no_grad():
         lin.weight.mul_(-2.0)
     with torch.inference_mode():
-        after = half_linear((lin,), x)[0]  # type: ignore[index]
+        after = copies.linear((lin,), x)[0]  # type: ignore[index]
     torch.testing.assert_close(after, -2.0 * before, rtol=2e-3, atol=2e-3)
 
 
 def test_the_copy_follows_a_bias_changed_in_place():
     torch.manual_seed(0)
+    copies = DecodeCopies()
     lin = nn.Linear(16, 8)
     x = torch.randn(1, 16)
     with torch.inference_mode():
-        half_linear((lin,), x)
+        copies.linear((lin,), x)
     with torch.no_grad():
         lin.bias.add_(3.0)
     with torch.inference_mode():
-        out = half_linear((lin,), x)[0]  # type: ignore[index]
+        out = copies.linear((lin,), x)[0]  # type: ignore[index]
     torch.testing.assert_close(out.double(), _reference(lin, x), rtol=2e-3, atol=2e-3)
+
+
+def test_reserved_copies_share_one_block_and_a_stale_one_is_rebuilt_in_it():
+    torch.manual_seed(0)
+    a, b, c = nn.Linear(16, 8, bias=False), nn.Linear(16, 4), nn.Linear(8, 16, bias=False)
+    copies = DecodeCopies()
+    copies.reserve([(a, b), (c,)])
+    x16, x8 = torch.randn(1, 16), torch.randn(1, 8)
+    weights = [copies._copies[g][1] for g in ((a, b), (c,))]
+    assert len({w.untyped_storage().data_ptr() for w in weights}) == 1  # one allocation
+    with torch.inference_mode():
+        outs = copies.linear((a, b), x16) + copies.linear((c,), x8)  # type: ignore[operator]
+    for lin, x, out in zip((a, b, c), (x16, x16, x8), outs, strict=True):
+        torch.testing.assert_close(out.double(), _reference(lin, x), rtol=2e-3, atol=2e-3)
+    with torch.no_grad():
+        c.weight.mul_(-1.0)
+    with torch.inference_mode():
+        out = copies.linear((c,), x8)[0]  # type: ignore[index]
+    torch.testing.assert_close(out.double(), _reference(c, x8), rtol=2e-3, atol=2e-3)
+    assert copies._copies[(c,)][1].data_ptr() == weights[1].data_ptr()  # rewritten where it was
+    copies.reserve([(a, b), (c,)])  # nothing missing: nothing allocated
+    assert copies._copies[(a, b)][1].data_ptr() == weights[0].data_ptr()
+
+
+def test_a_generation_reserves_every_copy_a_decoded_token_reads(tiny_hf):
+    model = convert(tiny_hf, MemoryConfig(segment_len=SEG))
+    model.decode_dtype = torch.float16
+    model.new_cache(1)
+    groups = model._decode_groups()
+    assert len(groups) == 4 * model.n_layers + 1
+    assert set(model._copies._copies) == set(groups)
+    assert len({c[1].untyped_storage().data_ptr() for c in model._copies._copies.values()}) == 1
+    assert model.with_config(MemoryConfig(segment_len=2 * SEG))._copies is model._copies
 
 
 def test_a_decoded_tokens_rms_norm_is_torchs_fused_one_with_the_same_values(tiny_hf):
@@ -98,18 +133,19 @@ def test_a_decoded_tokens_rms_norm_is_torchs_fused_one_with_the_same_values(tiny
 
 def test_a_lora_linear_is_copied_with_its_merged_weight():
     torch.manual_seed(0)
+    copies = DecodeCopies()
     lora = LoRALinear(nn.Linear(16, 12, bias=False), rank=4, alpha=8.0).eval()
     with torch.no_grad():
         lora.lora_B.normal_()
     x = torch.randn(1, 16)
     with torch.inference_mode():
-        out = half_linear((lora,), x)[0]  # type: ignore[index]
+        out = copies.linear((lora,), x)[0]  # type: ignore[index]
         want = _reference(lora.base, x, lora.merged_weight())
         torch.testing.assert_close(out.double(), want, rtol=2e-3, atol=2e-3)
     with torch.no_grad():
         lora.lora_B.zero_()  # an adapter changed in place: the copy is rebuilt from the plain weight
     with torch.inference_mode():
-        out = half_linear((lora,), x)[0]  # type: ignore[index]
+        out = copies.linear((lora,), x)[0]  # type: ignore[index]
     torch.testing.assert_close(out.double(), _reference(lora.base, x), rtol=2e-3, atol=2e-3)
 
 
@@ -118,7 +154,7 @@ def test_a_linear_of_another_kind_is_left_to_the_caller():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 2 * super().forward(x)
 
-    assert half_linear((nn.Linear(4, 4), Scaled(4, 4)), torch.randn(1, 4)) is None
+    assert DecodeCopies().linear((nn.Linear(4, 4), Scaled(4, 4)), torch.randn(1, 4)) is None
 
 
 @pytest.mark.parametrize(

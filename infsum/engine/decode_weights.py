@@ -8,11 +8,12 @@ accumulate in float32, converted with F16C), while a segment of 2,048 rows ran 7
 than in float32 (docs/speed.md). So streaming keeps the float32 weights and only decoded tokens
 read the copies.
 
-The copies are built on first use and rebuilt when a weight changes (its storage or its version, as
-``LoRALinear.merged_weight`` tracks them): a LoRA linear is copied with its merged weight. Products
-that share their input are fused into one copy (q, k, v; gate, up). The copies live in a module-level
-cache keyed weakly by the first linear, so they go with the model and are shared by every
-``InfiniModel`` built on the same HF model.
+``DecodeCopies`` holds one model's copies (``InfiniModel`` owns one, shared with the models
+``with_config`` makes, so the copies go with the model). Products that share their input are fused
+into one copy (q, k, v; gate, up); a LoRA linear is copied with its merged weight. ``reserve``
+builds every group's copy at once, in one block of memory, when a generation starts; a copy is
+rebuilt in place when a weight changes (its storage or its version, as ``LoRALinear.merged_weight``
+tracks them).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ HALF = torch.float16
 MAX_ROWS = 4  # float16 copies win up to 4 rows a product here (2.4x at 2, 1.3x at 4, 0.7x at 8)
 
 _Copy = tuple[tuple[int, ...], Tensor, Tensor | None, tuple[int, ...]]  # key, weight, bias, splits
-_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[int, _Copy]] = weakref.WeakKeyDictionary()
+Group = tuple[nn.Module, ...]  # linears that share their input, copied as one stacked weight
 
 
 def _sources(lin: nn.Module) -> tuple[Tensor, ...] | None:
@@ -73,13 +73,32 @@ def release_freed() -> bool:
     return trim is not None
 
 
-def _copy(linears: Sequence[nn.Module], key: tuple[int, ...]) -> _Copy:
-    """The stacked float16 weight and bias (None when no linear has one) of ``linears``, each
-    copied into its rows (no float32 temporary: a first version with them peaked 50 MB higher)."""
-    parts = [_parts(lin) for lin in linears]
+def _key(group: Sequence[nn.Module]) -> tuple[int, ...] | None:
+    """The storage and version of every tensor ``group``'s copy is built from (checked on every use,
+    so kept cheap: the merged LoRA weight is only asked for on a rebuild); None where a linear is
+    neither a plain ``nn.Linear`` nor a ``LoRALinear``."""
+    sources = [_sources(lin) for lin in group]
+    if any(s is None for s in sources):
+        return None
+    return tuple(n for ts in sources for t in ts for n in (t.data_ptr(), t._version))  # type: ignore[union-attr]
+
+
+def _shape(group: Sequence[nn.Module]) -> tuple[int, int]:
+    """(sum of the output sizes, the shared input size) of a group of plain or LoRA linears."""
+    shapes = [(lin.base if isinstance(lin, LoRALinear) else lin).weight.shape for lin in group]
+    return sum(s[0] for s in shapes), shapes[0][1]
+
+
+def _copy(group: Sequence[nn.Module], key: tuple[int, ...], into: Tensor | None = None) -> _Copy:
+    """The stacked float16 weight and bias (None when no linear has one) of ``group``, each linear
+    copied into its rows (no float32 temporary: a first version with them peaked 50 MB higher);
+    the weight is written into ``into`` where it has the stacked shape."""
+    parts = [_parts(lin) for lin in group]
     splits = tuple(w.shape[0] for w, _ in parts)
     w0 = parts[0][0]
-    weight = torch.empty(sum(splits), w0.shape[1], dtype=HALF, device=w0.device)
+    weight = into
+    if weight is None or weight.shape != (sum(splits), w0.shape[1]):
+        weight = torch.empty(sum(splits), w0.shape[1], dtype=HALF, device=w0.device)
     bias = None
     if any(b is not None for _, b in parts):
         bias = torch.zeros(sum(splits), dtype=HALF, device=w0.device)
@@ -93,32 +112,57 @@ def _copy(linears: Sequence[nn.Module], key: tuple[int, ...]) -> _Copy:
     return key, weight, bias, splits
 
 
-def half_linear(linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
-    """``[lin(x) for lin in linears]`` from one float16 copy of their stacked weights, in x's dtype
-    (the linears must share their input size); None where one of them is not a plain ``nn.Linear``
-    or a ``LoRALinear`` (the caller then runs them itself).
+class DecodeCopies:
+    """The float16 copies of one model's linears, for its decoded tokens."""
 
-    Float16 holds values up to 65,504: a product outside it comes back as inf or nan, which the
-    caller checks for (``InfiniModel.decode`` checks the step's logits and redoes the step in
-    float32)."""
-    sources = [_sources(lin) for lin in linears]
-    if any(s is None for s in sources):
-        return None
-    # checked on every call, so kept cheap: the merged LoRA weight is only asked for on a rebuild
-    key = tuple(n for ts in sources for t in ts for n in (t.data_ptr(), t._version))  # type: ignore[union-attr]
-    slot = _COPIES.get(linears[0])
-    if slot is None:
-        slot = _COPIES[linears[0]] = {}
-    copy = slot.get(len(linears))
-    if copy is None or copy[0] != key:
-        copy = slot[len(linears)] = _copy(linears, key)
-    _, weight, bias, splits = copy
-    out = F.linear(x.to(HALF), weight, bias).to(x.dtype)
-    return list(out.split(splits, dim=-1))
+    def __init__(self) -> None:
+        self._copies: dict[Group, _Copy] = {}
+
+    def reserve(self, groups: Iterable[Sequence[nn.Module]]) -> None:
+        """Build the copy of every group in ``groups`` that has none, all in one block of memory.
+
+        One allocation of the copies' total size (270 MB for SmolLM2-135M) is served by mmap,
+        outside the heap. Copies built one by one, at a book's first decoded token, landed in the
+        heap among the activations freed while the book was read, and the peak RSS of a summary in
+        parts grew with the book: 1,733 MiB after 16K tokens, 1,834 after 105K (float32: 1,674
+        and 1,647; docs/speed.md). A group that cannot be copied is skipped (``products`` runs it).
+        """
+        fresh = [(g, _key(g)) for g in map(tuple, groups) if g not in self._copies]
+        todo = [(g, key) for g, key in fresh if key is not None]
+        if not todo:
+            return
+        shapes = [_shape(g) for g, _ in todo]
+        release_freed()  # what reading the book freed goes back first, not under the new block
+        device = _sources(todo[0][0][0])[0].device  # type: ignore[index]
+        block = torch.empty(sum(r * c for r, c in shapes), dtype=HALF, device=device)
+        at = 0
+        for (group, key), (rows, cols) in zip(todo, shapes, strict=True):
+            self._copies[group] = _copy(group, key, block[at : at + rows * cols].view(rows, cols))
+            at += rows * cols
+
+    def linear(self, linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
+        """``[lin(x) for lin in linears]`` from one float16 copy of their stacked weights, in x's
+        dtype (the linears must share their input size); None where one of them is not a plain
+        ``nn.Linear`` or a ``LoRALinear`` (the caller then runs them itself). A copy that is missing
+        or stale is built (in place of the stale one where it fits).
+
+        Float16 holds values up to 65,504: a product outside it comes back as inf or nan, which the
+        caller checks for (``InfiniModel.decode`` checks the step's logits and redoes the step in
+        float32)."""
+        group = tuple(linears)
+        key = _key(group)
+        if key is None:
+            return None
+        copy = self._copies.get(group)
+        if copy is None or copy[0] != key:
+            copy = self._copies[group] = _copy(group, key, None if copy is None else copy[1])
+        _, weight, bias, splits = copy
+        out = F.linear(x.to(HALF), weight, bias).to(x.dtype)
+        return list(out.split(splits, dim=-1))
 
 
-def products(linears: Sequence[nn.Module], x: Tensor, *, half: bool) -> list[Tensor]:
-    """``[lin(x) for lin in linears]``: with ``half``, from their float16 copy (``half_linear``)
-    where they have one; otherwise by running them."""
-    out = half_linear(linears, x) if half else None
+def products(linears: Sequence[nn.Module], x: Tensor, copies: DecodeCopies | None = None) -> list[Tensor]:
+    """``[lin(x) for lin in linears]``: from their float16 copy in ``copies`` where there are copies
+    and they can have one (``DecodeCopies.linear``); otherwise by running them."""
+    out = copies.linear(linears, x) if copies is not None else None
     return out if out is not None else [lin(x) for lin in linears]

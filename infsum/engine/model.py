@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.decode_weights import HALF, MAX_ROWS, products
+from infsum.engine.decode_weights import HALF, MAX_ROWS, DecodeCopies, Group, products
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
@@ -121,6 +121,7 @@ class InfiniModel(nn.Module):
         self.gates = nn.Parameter(beta)  # (L, h) one beta per query head per layer
         self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
         self._decode_dtype: torch.dtype | None = None
+        self._copies = DecodeCopies()  # the float16 weights decoded tokens read (decode_dtype)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class InfiniModel(nn.Module):
     def logits(self, h: Tensor, *, half: bool = False) -> Tensor:
         """The LM head on final hidden states (..., hidden) -> (..., V); with ``half``, from its
         float16 copy (decoded tokens, ``decode_dtype``)."""
-        return products((self.hf.lm_head,), _norm(self.hf.model.norm, h, half), half=half)[0]
+        return self._products((self.hf.lm_head,), _norm(self.hf.model.norm, h, half), half)[0]
 
     @property
     def decode_dtype(self) -> torch.dtype | None:
@@ -197,6 +198,7 @@ class InfiniModel(nn.Module):
         other.gates = self.gates  # share the trained beta
         other.name = self.name
         other.decode_dtype = self.decode_dtype
+        other._copies = self._copies
         return other
 
     def new_cache(self, batch: int = 1) -> LocalCache:
@@ -207,6 +209,8 @@ class InfiniModel(nn.Module):
         if self.cfg.exact_tokens:
             score = torch.zeros(shape[:-1], dtype=torch.float32, device=p.device)
         kv = (torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(3))
+        if self.decode_dtype is not None:  # a generation starts: its weight copies, in one block
+            self._copies.reserve(self._decode_groups())
         return LocalCache(*kv, score=score)
 
     def decode(self, input_ids: Tensor, state: MemoryState | None, cache: LocalCache) -> Tensor:
@@ -300,6 +304,21 @@ class InfiniModel(nn.Module):
         gradients, and few rows (with many, float32 products are the faster ones)."""
         return self.decode_dtype == HALF and ids.numel() <= MAX_ROWS and not torch.is_grad_enabled()
 
+    def _products(self, linears: Group, x: Tensor, half: bool) -> list[Tensor]:
+        """``[lin(x) for lin in linears]``; with ``half``, from their float16 copy."""
+        return products(linears, x, self._copies if half else None)
+
+    def _decode_groups(self) -> list[Group]:
+        """The linears whose float16 copies decoded tokens read, as ``_attention``, ``_mlp`` and
+        ``logits`` group them (fused where they share their input)."""
+        groups: list[Group] = []
+        for layer in self.hf.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            groups += [(attn.q_proj, attn.k_proj, attn.v_proj), (attn.o_proj,)]
+            if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
+        return [*groups, (self.hf.lm_head,)]
+
     def _mlp(self, mlp: nn.Module, x: Tensor, half: bool) -> Tensor:
         """The layer's MLP on x; with ``half``, a Llama-style MLP (down(act(gate(x)) * up(x))) from
         the float16 copies, gate and up in one product."""
@@ -308,8 +327,8 @@ class InfiniModel(nn.Module):
         )
         if not half or None in (gate_proj, up_proj, down_proj, act):
             return mlp(x)
-        g, u = products((gate_proj, up_proj), x, half=True)
-        return products((down_proj,), act(g) * u, half=True)[0]
+        g, u = self._products((gate_proj, up_proj), x, True)
+        return self._products((down_proj,), act(g) * u, True)[0]
 
     def _layers(
         self,
@@ -402,7 +421,7 @@ class InfiniModel(nn.Module):
         the projections from float16 copies (q, k and v in one product)."""
         b, n, _ = x.shape
         kh, g, d = self.n_kv, self.groups, self.head_dim
-        q, k, v = products((attn.q_proj, attn.k_proj, attn.v_proj), x, half=half)
+        q, k, v = self._products((attn.q_proj, attn.k_proj, attn.v_proj), x, half)
         q = q.view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
         k = k.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
         v = v.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
@@ -460,7 +479,7 @@ class InfiniModel(nn.Module):
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         a = a.transpose(1, 2).reshape(b, n, kh * g * d)
-        return products((attn.o_proj,), a, half=half)[0], M, z, st
+        return self._products((attn.o_proj,), a, half)[0], M, z, st
 
     def _residual_after(self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
         """The ``residual-after`` score of one segment's key features fk = phi(K) and values v
