@@ -10,10 +10,9 @@ read the copies.
 
 ``DecodeCopies`` holds one model's copies (``InfiniModel`` owns one, shared with the models
 ``with_config`` makes, so the copies go with the model). Products that share their input are fused
-into one copy (q, k, v; gate, up); a LoRA linear is copied with its merged weight. ``reserve``
-builds every group's copy at once, in one block of memory, when a generation starts; a copy is
-rebuilt in place when a weight changes (its storage or its version, as ``LoRALinear.merged_weight``
-tracks them).
+into one copy (q, k, v; gate, up); a LoRA linear is copied with its merged weight. A copy is built
+on first use and rebuilt in place when a weight changes (its storage or its version, as
+``LoRALinear.merged_weight`` tracks them).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +82,6 @@ def _key(group: Sequence[nn.Module]) -> tuple[int, ...] | None:
     return tuple(n for ts in sources for t in ts for n in (t.data_ptr(), t._version))  # type: ignore[union-attr]
 
 
-def _shape(group: Sequence[nn.Module]) -> tuple[int, int]:
-    """(sum of the output sizes, the shared input size) of a group of plain or LoRA linears."""
-    shapes = [(lin.base if isinstance(lin, LoRALinear) else lin).weight.shape for lin in group]
-    return sum(s[0] for s in shapes), shapes[0][1]
-
-
 def _copy(group: Sequence[nn.Module], key: tuple[int, ...], into: Tensor | None = None) -> _Copy:
     """The stacked float16 weight and bias (None when no linear has one) of ``group``, each linear
     copied into its rows (no float32 temporary: a first version with them peaked 50 MB higher);
@@ -117,28 +110,6 @@ class DecodeCopies:
 
     def __init__(self) -> None:
         self._copies: dict[Group, _Copy] = {}
-
-    def reserve(self, groups: Iterable[Sequence[nn.Module]]) -> None:
-        """Build the copy of every group in ``groups`` that has none, all in one block of memory.
-
-        One allocation of the copies' total size (270 MB for SmolLM2-135M) is served by mmap,
-        outside the heap. Copies built one by one, at a book's first decoded token, landed in the
-        heap among the activations freed while the book was read, and the peak RSS of a summary in
-        parts grew with the book: 1,733 MiB after 16K tokens, 1,834 after 105K (float32: 1,674
-        and 1,647; docs/speed.md). A group that cannot be copied is skipped (``products`` runs it).
-        """
-        fresh = [(g, _key(g)) for g in map(tuple, groups) if g not in self._copies]
-        todo = [(g, key) for g, key in fresh if key is not None]
-        if not todo:
-            return
-        shapes = [_shape(g) for g, _ in todo]
-        release_freed()  # what reading the book freed goes back first, not under the new block
-        device = _sources(todo[0][0][0])[0].device  # type: ignore[index]
-        block = torch.empty(sum(r * c for r, c in shapes), dtype=HALF, device=device)
-        at = 0
-        for (group, key), (rows, cols) in zip(todo, shapes, strict=True):
-            self._copies[group] = _copy(group, key, block[at : at + rows * cols].view(rows, cols))
-            at += rows * cols
 
     def linear(self, linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
         """``[lin(x) for lin in linears]`` from one float16 copy of their stacked weights, in x's

@@ -209,8 +209,6 @@ class InfiniModel(nn.Module):
         if self.cfg.exact_tokens:
             score = torch.zeros(shape[:-1], dtype=torch.float32, device=p.device)
         kv = (torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(3))
-        if self.decode_dtype is not None:  # a generation starts: its weight copies, in one block
-            self._copies.reserve(self._decode_groups())
         return LocalCache(*kv, score=score)
 
     def decode(self, input_ids: Tensor, state: MemoryState | None, cache: LocalCache) -> Tensor:
@@ -307,17 +305,6 @@ class InfiniModel(nn.Module):
     def _products(self, linears: Group, x: Tensor, half: bool) -> list[Tensor]:
         """``[lin(x) for lin in linears]``; with ``half``, from their float16 copy."""
         return products(linears, x, self._copies if half else None)
-
-    def _decode_groups(self) -> list[Group]:
-        """The linears whose float16 copies decoded tokens read, as ``_attention``, ``_mlp`` and
-        ``logits`` group them (fused where they share their input)."""
-        groups: list[Group] = []
-        for layer in self.hf.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            groups += [(attn.q_proj, attn.k_proj, attn.v_proj), (attn.o_proj,)]
-            if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-                groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
-        return [*groups, (self.hf.lm_head,)]
 
     def _mlp(self, mlp: nn.Module, x: Tensor, half: bool) -> Tensor:
         """The layer's MLP on x; with ``half``, a Llama-style MLP (down(act(gate(x)) * up(x))) from
