@@ -128,7 +128,7 @@ def resolve_decode_dtype(
     """The dtype of the weight copies a decoded token reads, or None for the weights themselves:
     float16 under ``auto`` (or None) for float32 weights on an x86 CPU with F16C (``f16c`` in
     ``flags``, default this CPU's). One decoded token reads every weight once; float16 copies halve
-    the bytes and decoded 1.45-1.58x as fast as float32 on an AVX2 CPU, with ROUGE as in float32
+    the bytes and decoded 1.45-1.64x as fast as float32 on an AVX2 CPU, with ROUGE as in float32
     (docs/speed.md). Streaming keeps the float32 weights (float16 products of many rows are slower
     there). A dtype chosen by name or as a torch dtype is used alone."""
     if choice not in (None, "auto") or device.type != "cpu" or dtype != torch.float32:
