@@ -1,11 +1,12 @@
-"""The exact-token store on an untrained conversion: passkey accuracy, streaming speed, state size (JSON).
+"""The exact-token store: passkey accuracy, streaming speed, state size (JSON).
 
     python bench/store.py                                   # the default grid (see --help)
     python bench/store.py --lengths 4096 --trials 1 --depths 0 --exact-tokens 256 --scores residual
 
 The model is ``infsum.models.load_model()`` (SmolLM2-135M-Instruct unless ``--model``), converted
 with ``engine.ready(loaded, MemoryConfig(segment_len, exact_tokens=N, ...), None)``: fresh gates
-(sigmoid(-6)), no adapter, so only the local attention (segment + store) can answer. Every passkey
+(sigmoid(-6)), no adapter, so only the local attention (segment + store) can answer; ``--adapter
+default`` (the shipped one, as ``infsum BOOK`` runs) or a file loads one instead. Every passkey
 cell is ``infsum.passkey.run_passkey`` (same prompts for every N, score and placement, by seed).
 Cells run length by length (every configuration at the first length, then the next), and each
 finished cell is appended to ``--jsonl`` at once, so a run cut short keeps what it measured.
@@ -61,9 +62,14 @@ def configs(args: argparse.Namespace) -> list[MemoryConfig]:
     return out
 
 
+def _adapter(args: argparse.Namespace) -> str | None:
+    """The ``AdapterChoice`` of ``--adapter``: None for "none"."""
+    return None if args.adapter == "none" else args.adapter
+
+
 def passkey_cell(loaded: LoadedModel, mem: MemoryConfig, length: int, args: argparse.Namespace) -> dict:
     """Accuracy by depth at one length for one store configuration."""
-    infini, _ = ready(loaded, mem, None)
+    infini, _ = ready(loaded, mem, _adapter(args))
     t = time.perf_counter()
     report = run_passkey(
         infini,
@@ -133,7 +139,7 @@ def held_cell(
     rng = random.Random(f"{args.seed}/{length}/{depth}/0")  # run_passkey's rule, trial 0
     sample = make_sample(tok, length=length, depth=depth, rng=rng, filler=FillerSource.builtin(tok))
     key_ids = tok.encode(KEY_SENTENCE.format(key=sample.key))
-    state = InfiniReader(ready(loaded, mem, None).model).read(torch.tensor(sample.ids))
+    state = InfiniReader(ready(loaded, mem, _adapter(args)).model).read(torch.tensor(sample.ids))
     stores = [st.pos[0, h] for st in state.memory.store for h in range(st.pos.shape[1])]  # stream indices
     segment = [p // mem.segment_len for p in stores]
     n_seg = -(-len(sample.ids) // mem.segment_len)
@@ -157,10 +163,10 @@ def held_cell(
     }
 
 
-def speed_and_size(loaded: LoadedModel, mem: MemoryConfig, n: int) -> dict:
+def speed_and_size(loaded: LoadedModel, mem: MemoryConfig, n: int, args: argparse.Namespace) -> dict:
     """Streaming tokens/s (best of two passes over n random ids) and the state file's size after n
     and n // 2 tokens."""
-    reader = InfiniReader(ready(loaded, mem, None).model)
+    reader = InfiniReader(ready(loaded, mem, _adapter(args)).model)
     ids = torch.randint(0, loaded.model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
     best = float("inf")
     for _ in range(2):
@@ -186,6 +192,7 @@ def main() -> None:
     """Parse the grid, run it, print one JSON object (and append each cell to ``--jsonl``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model name or directory [default: SmolLM2-135M-Instruct]")
+    p.add_argument("--adapter", default="none", help="none (untrained gates), default (shipped) or a file")
     p.add_argument("--exact-tokens", type=_ints, default=[0, 64, 256, 1024])
     p.add_argument("--scores", type=_words, default=list(EXACT_SCORES))
     p.add_argument("--positions", type=_words, default=["fixed"], help=f"of {', '.join(EXACT_POSITIONS)}")
@@ -214,6 +221,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "segment_len": args.segment_len,
         "seed": args.seed,
+        "adapter": args.adapter,
         "passkey": [],
         "held": [],
         "speed": [],
@@ -240,7 +248,7 @@ def main() -> None:
         for n in sorted({0, *args.exact_tokens}):
             for score in args.scores if n else args.scores[:1]:
                 mem = MemoryConfig(segment_len=args.segment_len, exact_tokens=n, exact_score=score)
-                record("speed", speed_and_size(loaded, mem, args.speed_tokens))
+                record("speed", speed_and_size(loaded, mem, args.speed_tokens, args))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=2))
 
