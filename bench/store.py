@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import torch
 from infsum.config import EXACT_POSITIONS, EXACT_SCORES, MemoryConfig
 from infsum.engine import InfiniReader, ready, save_state
 from infsum.models import LoadedModel, load_model
-from infsum.passkey import KEY_SENTENCE, FillerSource, check_answer, make_sample, run_passkey
+from infsum.passkey import KEY_SENTENCE, FillerSource, check_answer, make_sample, run_passkey, sample_rng
 
 
 def _ints(text: str) -> list[int]:
@@ -106,7 +105,7 @@ def full_attention_cell(loaded: LoadedModel, length: int, args: argparse.Namespa
     for depth in args.depths:
         right = 0
         for trial in range(args.trials):
-            rng = random.Random(f"{args.seed}/{length}/{depth}/{trial}")  # run_passkey's rule
+            rng = sample_rng(args.seed, length, depth, trial)  # run_passkey's samples
             sample = make_sample(tok, length=length, depth=depth, rng=rng, filler=source)
             ids = torch.tensor([sample.ids], device=loaded.device)
             with torch.inference_mode():
@@ -136,7 +135,7 @@ def held_cell(
     number of stored tokens from each segment. Tells a key that was dropped from one that is held
     but not retrieved."""
     tok = loaded.tokenizer
-    rng = random.Random(f"{args.seed}/{length}/{depth}/0")  # run_passkey's rule, trial 0
+    rng = sample_rng(args.seed, length, depth, 0)  # run_passkey's sample, trial 0
     sample = make_sample(tok, length=length, depth=depth, rng=rng, filler=FillerSource.builtin(tok))
     key_ids = tok.encode(KEY_SENTENCE.format(key=sample.key))
     state = InfiniReader(ready(loaded, mem, _adapter(args)).model).read(torch.tensor(sample.ids))
@@ -199,7 +198,7 @@ def main() -> None:
     p.add_argument("--sinks", type=_ints, default=[0], help="first stream tokens always kept (each value)")
     p.add_argument("--lengths", type=_ints, default=[4096, 8192])
     p.add_argument(
-        "--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0, 0.25, 0.5, 0.75, 1]
+        "--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.25, 0.5, 0.75, 1.0]
     )
     p.add_argument("--trials", type=int, default=2)
     p.add_argument("--segment-len", type=int, default=2048)

@@ -217,6 +217,13 @@ class PasskeyReport:
         return d
 
 
+def sample_rng(seed: int, length: int, depth: float, trial: int) -> random.Random:
+    """The random source of one passkey sample (its key and filler): the same seed, length, depth
+    and trial give the same sample in every run and every caller. The depth counts as a float, so
+    0 and 0.0 name one sample (before, an integer depth seeded another one)."""
+    return random.Random(f"{seed}/{length}/{float(depth)}/{trial}")
+
+
 def run_passkey(
     model: LoadedModel | InfiniModel,
     *,
@@ -256,7 +263,7 @@ def run_passkey(
     for length in lengths:
         for depth in depths:
             for t in range(trials):
-                rng = random.Random(f"{seed}/{length}/{depth}/{t}")
+                rng = sample_rng(seed, length, depth, t)
                 sample = make_sample(tokenizer, length=length, depth=depth, rng=rng, filler=source)
                 answer = _answer(reader, sample, tokenizer)
                 results.append(

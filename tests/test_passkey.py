@@ -25,6 +25,7 @@ from infsum.passkey import (
     check_answer,
     make_sample,
     run_passkey,
+    sample_rng,
 )
 from infsum.tokenizer import load_tokenizer
 
@@ -102,12 +103,25 @@ def test_memory_off_answer_skips_only_what_cannot_matter(tiny_model_dir: Path, t
     assert _answer(InfiniReader(off), s, tok) == tok.decode(full)
 
 
+def test_a_sample_is_named_by_seed_length_depth_and_trial_with_the_depth_as_a_float() -> None:
+    def draws(seed: int, length: int, depth: float, trial: int) -> list[float]:
+        rng = sample_rng(seed, length, depth, trial)
+        return [rng.random() for _ in range(3)]
+
+    assert draws(0, 4096, 0, 1) == draws(0, 4096, 0.0, 1)  # an integer depth is the CLI's sample
+    assert draws(0, 4096, 1, 0) == draws(0, 4096, 1.0, 0)
+    assert draws(0, 4096, 0.0, 1) != draws(0, 4096, 0.0, 0) != draws(0, 8192, 0.0, 0)
+    assert draws(0, 4096, 0.25, 0) != draws(1, 4096, 0.25, 0)
+
+
 def test_run_passkey_reports_a_cell_per_length_and_depth(tiny_model_dir: Path) -> None:
     loaded = load_model(str(tiny_model_dir), device="cpu")
     kw = dict(lengths=(256,), depths=(0.0, 1.0), trials=2, segment_len=64, seed=5)
     on = run_passkey(loaded, memory=True, **kw)
     off = run_passkey(loaded, memory=False, **kw)
     assert [r.key for r in on.results] == [r.key for r in off.results]  # same prompts
+    ints = run_passkey(loaded, memory=False, **{**kw, "depths": (0, 1)})
+    assert [r.key for r in ints.results] == [r.key for r in off.results]  # 0 and 0.0: one sample
     assert len(on.results) == 4 and on.rows()[0][0] == 256 and len(on.rows()[0][1]) == 2
     d = on.to_dict()
     assert set(d["table"]["256"]) == {"0.0", "1.0"}
