@@ -220,7 +220,7 @@ class PasskeyReport:
 def sample_rng(seed: int, length: int, depth: float, trial: int) -> random.Random:
     """The random source of one passkey sample (its key and filler): the same seed, length, depth
     and trial give the same sample in every run and every caller. The depth counts as a float, so
-    0 and 0.0 name one sample (before, an integer depth seeded another one)."""
+    0 and 0.0 name one sample."""
     return random.Random(f"{seed}/{length}/{float(depth)}/{trial}")
 
 
