@@ -8,7 +8,6 @@ float32; the rule that turns the copies on follows the dtype choice, the device 
 from __future__ import annotations
 
 import logging
-import platform
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from infsum.config import GenerationConfig, MemoryConfig
 from infsum.engine import InfiniReader, convert, ready
-from infsum.engine.decode_weights import DecodeCopies, release_freed
+from infsum.engine.decode_weights import DecodeCopies
 from infsum.engine.lora import LoRALinear
 from infsum.engine.model import _norm
 from infsum.models import load_model, resolve_decode_dtype
@@ -247,8 +246,3 @@ def test_decode_dtype_is_float16_or_none(tiny_hf):
         model.decode_dtype = torch.bfloat16
     model.decode_dtype = torch.float16
     assert model.decode_dtype == torch.float16
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
-def test_the_heap_is_trimmed_through_glibc():
-    assert release_freed() is True

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import torch
 import transformers
 
 from infsum.config import GenerationConfig, MemoryConfig
+from infsum.engine import stream
 from infsum.engine.model import convert
 from infsum.engine.stream import InfiniReader, load_state, save_state
 from infsum.errors import CheckpointError, ConfigError
@@ -59,6 +61,24 @@ def test_progress_reports_tokens_of_the_call(reader):
     calls = []
     reader.read(_ids(50), reader.read(_ids(10)), progress=lambda done, total: calls.append((done, total)))
     assert calls == [(6, 50), (22, 50), (38, 50)]  # 10 pending + 50 = 3 full segments of 16
+
+
+def test_the_heap_is_given_back_after_every_segment_and_every_answer(reader, monkeypatch):
+    calls = []
+    monkeypatch.setattr(stream, "release_freed", lambda: calls.append("trim") or True)
+    state = reader.read(_ids(50), progress=lambda done, _total: calls.append(done))
+    assert calls == ["trim", 16, "trim", 32, "trim", 48]  # each segment's activations, then progress
+    calls.clear()
+    reader.generate(state, _ids(5, seed=1), replace(GREEDY, max_new_tokens=3))
+    assert calls == ["trim"]
+    calls.clear()
+    list(reader.read_many([_ids(40), _ids(20)], rows=2))
+    assert calls == ["trim", "trim"]  # one batched forward per segment: both rows, then the first
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heap_is_trimmed_through_glibc():
+    assert stream.release_freed() is True
 
 
 def test_every_segment_memory_changes_the_output(reader):

@@ -17,10 +17,7 @@ on first use and rebuilt in place when a weight changes (its storage or its vers
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,26 +47,6 @@ def _parts(lin: nn.Module) -> tuple[Tensor, Tensor | None]:
     if isinstance(lin, LoRALinear):
         return lin.merged_weight(), lin.base.bias
     return lin.weight, lin.bias
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-
-
-def release_freed() -> bool:
-    """Give the heap's freed memory back to the system (glibc's ``malloc_trim``) -> whether it could.
-
-    ``InfiniReader.generate`` calls it after an answer decoded from the copies. The float16
-    products move glibc's allocation pattern so that the freed activations of the next segments
-    stayed in the heap: RSS after a 16K-token passkey trial grew from 1,372 to 1,597 MiB on the
-    second trial, and stayed at 1,276 after every trial with this call (docs/speed.md). No-op where
-    the C library has no ``malloc_trim``."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-    return trim is not None
 
 
 def _key(group: Sequence[nn.Module]) -> tuple[int, ...] | None:
