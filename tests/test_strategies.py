@@ -80,6 +80,20 @@ def test_pagerank_is_a_distribution_and_favours_the_hub() -> None:
     assert ranks[1] == pytest.approx(ranks[3])
 
 
+def test_pagerank_matches_the_transition_matrix_power_iteration() -> None:
+    rng = np.random.default_rng(0)
+    sim = rng.random((40, 40)) * (rng.random((40, 40)) < 0.2)
+    sim = np.triu(sim, 1) + np.triu(sim, 1).T
+    sim[7, :] = sim[:, 7] = 0.0  # an isolated sentence: its rank is spread uniformly
+    out = sim.sum(axis=1)
+    trans = np.divide(sim, out[:, None], out=np.zeros_like(sim), where=out[:, None] > 0)
+    rank = np.full(40, 1 / 40)
+    for _ in range(200):  # the textbook iteration with the row-normalised matrix written out
+        rank = 0.85 * (rank @ trans + rank[out == 0].sum() / 40) + 0.15 / 40
+    np.testing.assert_allclose(pagerank(sim), rank, rtol=1e-7)
+    assert np.array_equal(np.argsort(-pagerank(sim), kind="stable"), np.argsort(-rank, kind="stable"))
+
+
 def test_the_registry_runs_extractive_strategies_without_a_model() -> None:
     book = FakeBook(STORY)
     assert STRATEGIES["lead"].run(Job(book, 3)).summary == "Bread rises slowly"
