@@ -69,7 +69,7 @@ def release_freed() -> bool:
 
     ``InfiniReader`` calls it on a CPU after every segment it streams and after every answer. A
     segment's activations are freed tensors of a few MB each, which glibc keeps in its heap (its mmap
-    threshold rises to 32 MB once such a block is freed); left there, the heap grew with the
+    threshold rises with the largest block freed, up to 32 MB); left there, the heap grew with the
     book's length until its free part was larger than what was in use: peak RSS of a default
     summary 1,699 MiB for a 10K-token book and 1,884 for a 100K-token one, 463 MiB in use in both.
     Trimmed after each segment: 1,631 and 1,618, at the same streaming speed (docs/speed.md). No-op
