@@ -72,8 +72,8 @@ def release_freed() -> bool:
     threshold rises with the largest block freed, up to 32 MB); left there, the heap grew with the
     book's length until its free part was larger than what was in use: peak RSS of a default
     summary 1,699 MiB for a 10K-token book and 1,884 for a 100K-token one, 463 MiB in use in both.
-    Trimmed after each segment: 1,631 and 1,618, at the same streaming speed (docs/speed.md). No-op
-    where the C library has no ``malloc_trim``."""
+    Trimmed after each segment: 1,631 and 1,618, streaming within a few percent of the untrimmed
+    speed on long books (docs/speed.md). No-op where the C library has no ``malloc_trim``."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
@@ -124,8 +124,8 @@ class InfiniReader:
         self.device = next(model.parameters()).device
 
     def _release(self) -> None:
-        """On a CPU, give the heap's freed activations back to the system (``release_freed``): what
-        keeps peak RSS flat however long the book."""
+        """On a CPU, give the heap's freed activations back to the system (``release_freed``), so
+        that peak RSS does not follow the book's length."""
         if self.device.type == "cpu":
             release_freed()
 
