@@ -193,11 +193,11 @@ class Runner:
             import torch
 
             device += f" ({torch.cuda.get_device_name(loaded.device)})"
-        dtype, decode = str(loaded.model.dtype).removeprefix("torch."), loaded.decode_dtype_name
+        dtype, decode = str(loaded.model.dtype).removeprefix("torch."), loaded.decode_weights
         return {
             "device": device,
             "dtype": dtype,
-            "decode_dtype": decode,
+            "decode_weights": decode,
             "exact_tokens": self.spec.exact_tokens,
         }
 

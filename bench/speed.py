@@ -10,8 +10,9 @@ hits every mode alike), then prints one JSON object with each mode's median and 
   instead of this checkout's. The baseline of the ratios.
 - ``float32`` and ``bfloat16``: this checkout in that dtype (memory M and z stay float32).
 - ``auto``: this checkout as ``--dtype auto`` loads it, the default: bfloat16 on a CPU with native
-  bfloat16; elsewhere float32, its decoded tokens reading float16 copies of the weights where the
-  CPU has F16C (``resolve_decode_dtype``). The report says which (``dtype``, ``decode_dtype``).
+  bfloat16, its decoded tokens reading int4 copies of the weights; elsewhere float32, its decoded
+  tokens reading float16 copies where the CPU has F16C (``resolve_decode_weights``). The report
+  says which (``dtype``, ``decode_weights``).
   Every infsum mode loads the default model with ``--adapter`` (the shipped adapter by default, as
   ``infsum BOOK`` runs), streams ``--stream-tokens`` random ids (tokens/s over whole segments), then
   decodes ``--decode-tokens`` greedily after ``--prompt-tokens`` local tokens (the default, 1,400, is
@@ -140,7 +141,7 @@ def _infsum_child(args: argparse.Namespace, dtype: str) -> dict:
         "infsum": str(Path(infsum.__file__).parent),
     }
     if dtype == "auto":
-        report["decode_dtype"] = loaded.decode_dtype_name
+        report["decode_weights"] = loaded.decode_weights
     state_file = Path(args.state)
     if dtype in ("float32", "auto") or args.bf16_stream or _native_bf16():
         state, report["streaming"] = _stream(reader, ids)

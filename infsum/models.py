@@ -118,23 +118,29 @@ def resolve_dtype(
     return getattr(torch, choice)
 
 
-def resolve_decode_dtype(
+def resolve_decode_weights(
     choice: str | torch.dtype | None,
     device: torch.device,
     dtype: torch.dtype,
     *,
     flags: frozenset[str] | None = None,
-) -> torch.dtype | None:
-    """The dtype of the weight copies a decoded token reads, or None for the weights themselves:
-    float16 under ``auto`` (or None) for float32 weights on an x86 CPU with F16C (``f16c`` in
-    ``flags``, default this CPU's). One decoded token reads every weight once; float16 copies halve
-    the bytes and decoded 1.45-1.64x as fast as float32 on an AVX2 CPU, with ROUGE as in float32
-    (docs/speed.md). Streaming keeps the float32 weights (float16 products of many rows are slower
-    there). A dtype chosen by name or as a torch dtype is used alone."""
-    if choice not in (None, "auto") or device.type != "cpu" or dtype != torch.float32:
+) -> str | None:
+    """The format of the weight copies a decoded token reads (``engine/decode_weights.py``), or None
+    for the weights themselves. Under ``auto`` (or None) on a CPU (``flags``, default this CPU's):
+    "float16" for float32 weights on an x86 CPU with F16C; "int4" for bfloat16 weights on a CPU
+    with native bfloat16 (4-bit copies of weights on a 4-bit grid, 8 bits as two 4-bit products
+    elsewhere). One decoded token reads every weight once; the float16 copies decoded 1.45-1.64x as
+    fast as float32 on an AVX2 CPU, the int4 ones faster than bfloat16 by the figures of
+    docs/speed.md, with ROUGE as without them. Streaming keeps the weights. A dtype chosen by name or
+    as a torch dtype is used alone."""
+    if choice not in (None, "auto") or device.type != "cpu":
         return None
     flags = cpu_flags() if flags is None else flags
-    return torch.float16 if flags is not None and "f16c" in flags else None
+    if dtype == torch.float32:
+        return "float16" if flags is not None and "f16c" in flags else None
+    if dtype == torch.bfloat16 and cpu_has_native_bf16(flags):
+        return "int4" if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -147,17 +153,12 @@ class LoadedModel:
     path: Path  # the local directory it was loaded from
     device: torch.device
     is_default: bool
-    decode_dtype: torch.dtype | None = None  # see resolve_decode_dtype
+    decode_weights: str | None = None  # see resolve_decode_weights
 
     @property
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return next(self.model.parameters()).dtype
-
-    @property
-    def decode_dtype_name(self) -> str | None:
-        """``decode_dtype`` as JSON records it ("float16"), or None."""
-        return str(self.decode_dtype).removeprefix("torch.") if self.decode_dtype else None
 
 
 def load_model(
@@ -170,7 +171,7 @@ def load_model(
     """Load ``name`` (default model, local directory, ``.gguf`` file or Hugging Face id) in eval mode.
 
     ``dtype``: a torch dtype, ``float32``, ``bfloat16`` or ``auto`` (see ``resolve_dtype`` and, for
-    the weights decoded tokens read, ``resolve_decode_dtype``); None (the default) is ``auto``.
+    the weights decoded tokens read, ``resolve_decode_weights``); None (the default) is ``auto``.
     ``progress`` receives one-line messages while the model is fetched or converted.
     """
     dev = resolve_device(device)
@@ -187,7 +188,7 @@ def load_model(
         path=path,
         device=dev,
         is_default=is_default,
-        decode_dtype=resolve_decode_dtype(choice, dev, dtype),
+        decode_weights=resolve_decode_weights(choice, dev, dtype),
     )
 
 

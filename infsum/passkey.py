@@ -248,7 +248,7 @@ def run_passkey(
         tokenizer = model.tokenizer
         base = model.model
         infini = InfiniModel(base, MemoryConfig(segment_len=segment_len, enabled=memory))
-        infini.decode_dtype = model.decode_dtype
+        infini.decode_weights = model.decode_weights
     else:
         infini = model
     if tokenizer is None:

@@ -78,9 +78,9 @@ class SummaryResult:
     evidence_tokens: int = 0  # infini: central passages in the final prompt, in tokens (0 = none)
     cast: int = 0  # infini: most mentioned names given in the final prompt
     dtype: str | None = None  # the model weights' dtype ("float32", "bfloat16"); None without a model
-    # the weight copies decoded tokens read ("float16" on a CPU under --dtype auto, docs/speed.md);
-    # None: the weights themselves
-    decode_dtype: str | None = None
+    # the weight copies decoded tokens read on a CPU under --dtype auto ("float16" of float32 weights,
+    # "int4" of bfloat16 ones; docs/speed.md); None: the weights themselves
+    decode_weights: str | None = None
     characters: tuple[str, ...] = ()  # the book's most mentioned names (infsum.names.characters)
     unsupported_names: tuple[str, ...] = ()  # names in the summary that the book never mentions
     instruction: str | None = None  # what the model was asked (its {words} filled); None: no model
@@ -298,7 +298,7 @@ class Summarizer:
             strategy=self.cfg.strategy,
             device=str(loaded.device) if loaded else None,
             dtype=str(loaded.dtype).removeprefix("torch.") if loaded else None,
-            decode_dtype=loaded.decode_dtype_name if loaded else None,
+            decode_weights=loaded.decode_weights if loaded else None,
             generation=generation if loaded else {},
             seconds={k: round(v, 3) for k, v in seconds.items()},
             tokens_per_s=round(draft.tokens / stream_s, 1) if stream_s else 0.0,

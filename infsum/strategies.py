@@ -355,7 +355,7 @@ class WindowSummarizer:
         self.window = int(loaded.model.config.max_position_embeddings)
         cfg = MemoryConfig(segment_len=self.window, enabled=False)
         model = InfiniModel(loaded.model, cfg)
-        model.decode_dtype = loaded.decode_dtype
+        model.decode_weights = loaded.decode_weights
         self.reader = InfiniReader(model)
         self.tok = loaded.tokenizer
         self.gen = gen

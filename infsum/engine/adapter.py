@@ -128,7 +128,7 @@ def ready(loaded: LoadedModel, memory: MemoryConfig, adapter: AdapterChoice = DE
     path = resolve_adapter(adapter, default_model=loaded.is_default)
     remove_lora(loaded.model)
     model = InfiniModel(loaded.model, memory)
-    model.decode_dtype = loaded.decode_dtype
+    model.decode_weights = loaded.decode_weights
     if path is not None:
         load_adapter(model, path)
     return Ready(model, path)

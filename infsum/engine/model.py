@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from infsum.config import MemoryConfig
-from infsum.engine.decode_weights import HALF, MAX_ROWS, DecodeCopies, Group, products
+from infsum.engine.decode_weights import FLOAT16, FORMATS, MAX_ROWS, DecodeCopies, Group, products
 from infsum.engine.memory import ExactStore, MemoryState, gate, get_variant, residual_score, select_store
 from infsum.errors import ConfigError, PatchError
 
@@ -96,8 +96,9 @@ class InfiniModel(nn.Module):
 
     ``gates`` (L, h) holds the paper's beta, one per query head per layer (float32 Parameter);
     ``infini_state_dict`` lists everything Infini-specific that is trained and saved as an adapter.
-    ``decode_dtype``: None, or float16 for a float32 model whose decoded tokens read float16 copies
-    of the weights (``engine/decode_weights.py``; ``ready`` sets it from the loaded model).
+    ``decode_weights``: None, or the format of the weight copies its decoded tokens read
+    (``engine/decode_weights.py``: "float16" for a float32 model, "int4" for a bfloat16 one;
+    ``ready`` sets it from the loaded model).
     """
 
     def __init__(self, hf_model: nn.Module, cfg: MemoryConfig) -> None:
@@ -120,8 +121,8 @@ class InfiniModel(nn.Module):
         beta = torch.full((self.n_layers, self.n_heads), float(cfg.gate_init), device=device)
         self.gates = nn.Parameter(beta)  # (L, h) one beta per query head per layer
         self._consts: dict[tuple[Any, ...], Tensor] = {}  # rope tables and masks, built once per shape
-        self._decode_dtype: torch.dtype | None = None
-        self._copies = DecodeCopies()  # the float16 weights decoded tokens read (decode_dtype)
+        self._decode_weights: str | None = None
+        self._copies = DecodeCopies()  # the weight copies decoded tokens read (decode_weights)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -172,21 +173,24 @@ class InfiniModel(nn.Module):
             outs.append(out)
         return outs, state
 
-    def logits(self, h: Tensor, *, half: bool = False) -> Tensor:
-        """The LM head on final hidden states (..., hidden) -> (..., V); with ``half``, from its
-        float16 copy (decoded tokens, ``decode_dtype``)."""
-        return self._products((self.hf.lm_head,), _norm(self.hf.model.norm, h, half), half)[0]
+    def logits(self, h: Tensor, *, copies: bool = False) -> Tensor:
+        """The LM head on final hidden states (..., hidden) -> (..., V); with ``copies``, from its
+        copy (decoded tokens, ``decode_weights``)."""
+        return self._products((self.hf.lm_head,), _norm(self.hf.model.norm, h, copies), copies)[0]
 
     @property
-    def decode_dtype(self) -> torch.dtype | None:
-        """None, or float16: decoded tokens read float16 copies of the (float32) weights."""
-        return self._decode_dtype
+    def decode_weights(self) -> str | None:
+        """None (decoded tokens read the weights), or the format of the copies they read: "float16"
+        (of float32 weights) or "int4" (of bfloat16 weights; ``engine/decode_weights.py``)."""
+        return self._decode_weights
 
-    @decode_dtype.setter
-    def decode_dtype(self, dtype: torch.dtype | None) -> None:
-        if dtype is not None and dtype != HALF:
-            raise ValueError(f"decode_dtype must be None or torch.float16, not {dtype}")
-        self._decode_dtype = dtype
+    @decode_weights.setter
+    def decode_weights(self, fmt: str | None) -> None:
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"decode_weights must be None or one of {', '.join(FORMATS)}, not {fmt!r}")
+        if fmt is not None and fmt != self._copies.format:
+            self._copies = DecodeCopies(fmt)
+        self._decode_weights = fmt
 
     def with_config(self, cfg: MemoryConfig) -> InfiniModel:
         """The same model under another MemoryConfig: the HF weights (and any LoRA on them) and the
@@ -197,8 +201,8 @@ class InfiniModel(nn.Module):
         other = InfiniModel(self.hf, cfg)
         other.gates = self.gates  # share the trained beta
         other.name = self.name
-        other.decode_dtype = self.decode_dtype
         other._copies = self._copies
+        other.decode_weights = self.decode_weights
         return other
 
     def new_cache(self, batch: int = 1) -> LocalCache:
@@ -219,15 +223,16 @@ class InfiniModel(nn.Module):
         """
         m = input_ids.shape[1]
         assert cache.pos + m <= cache.size, "decode past the segment end: commit the cache first"
-        half = self._half(input_ids)
+        copies = self._reads_copies(input_ids)
+        half = copies and self.decode_weights == FLOAT16  # float16 ends at 65,504: checked
         sums = None  # the attention score sums into earlier slots: kept, in case the step is run again
         if half and self.cfg.exact_score == "attention" and cache.score is not None:
             sums = cache.score.clone()
         pos = cache.pos
-        out, _ = self._run(input_ids, state, pos=pos, cache=cache, write=False, logits="last", half=half)
+        out, _ = self._run(input_ids, state, pos=pos, cache=cache, write=False, logits="last", copies=copies)
         if half and not bool(torch.isfinite(out).all()):  # a product left float16's range
             log.warning("a decoded token overflowed float16: decoding from the float32 weights from here on")
-            self.decode_dtype = None
+            self.decode_weights = None
             if sums is not None:
                 cache.score.copy_(sums)  # type: ignore[union-attr]
             out, _ = self._run(input_ids, state, pos=pos, cache=cache, write=False, logits="last")
@@ -286,33 +291,33 @@ class InfiniModel(nn.Module):
         cache: LocalCache | None,
         write: bool,
         logits: Logits,
-        half: bool = False,
+        copies: bool = False,
     ) -> tuple[Tensor | None, MemoryState | None]:
         """ids (b, n) at local positions pos..pos+n-1 through every layer and, unless ``logits`` is
-        "none", the LM head; with ``half``, the weight products from float16 copies."""
-        h, new_state = self._layers(ids, state, pos=pos, cache=cache, write=write, half=half)
+        "none", the LM head; with ``copies``, the weight products from the decode copies."""
+        h, new_state = self._layers(ids, state, pos=pos, cache=cache, write=write, copies=copies)
         if logits == "none":
             return None, new_state
         if logits == "last":
             h = h[:, -1]
-        return self.logits(h, half=half), new_state
+        return self.logits(h, copies=copies), new_state
 
-    def _half(self, ids: Tensor) -> bool:
-        """Whether decoding ``ids`` reads the float16 copies: ``decode_dtype`` asks for them, no
-        gradients, and few rows (with many, float32 products are the faster ones)."""
-        return self.decode_dtype == HALF and ids.numel() <= MAX_ROWS and not torch.is_grad_enabled()
+    def _reads_copies(self, ids: Tensor) -> bool:
+        """Whether decoding ``ids`` reads the weight copies: ``decode_weights`` asks for them, no
+        gradients, and few rows (with many, the weights' own products are the faster ones)."""
+        return self.decode_weights is not None and ids.numel() <= MAX_ROWS and not torch.is_grad_enabled()
 
-    def _products(self, linears: Group, x: Tensor, half: bool) -> list[Tensor]:
-        """``[lin(x) for lin in linears]``; with ``half``, from their float16 copy."""
-        return products(linears, x, self._copies if half else None)
+    def _products(self, linears: Group, x: Tensor, copies: bool) -> list[Tensor]:
+        """``[lin(x) for lin in linears]``; with ``copies``, from their decode copy."""
+        return products(linears, x, self._copies if copies else None)
 
-    def _mlp(self, mlp: nn.Module, x: Tensor, half: bool) -> Tensor:
-        """The layer's MLP on x; with ``half``, a Llama-style MLP (down(act(gate(x)) * up(x))) from
-        the float16 copies, gate and up in one product."""
+    def _mlp(self, mlp: nn.Module, x: Tensor, copies: bool) -> Tensor:
+        """The layer's MLP on x; with ``copies``, a Llama-style MLP (down(act(gate(x)) * up(x)))
+        from the decode copies, gate and up in one product."""
         gate_proj, up_proj, down_proj, act = (
             getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")
         )
-        if not half or None in (gate_proj, up_proj, down_proj, act):
+        if not copies or None in (gate_proj, up_proj, down_proj, act):
             return mlp(x)
         g, u = self._products((gate_proj, up_proj), x, True)
         return self._products((down_proj,), act(g) * u, True)[0]
@@ -325,11 +330,11 @@ class InfiniModel(nn.Module):
         pos: int,
         cache: LocalCache | None,
         write: bool,
-        half: bool = False,
+        copies: bool = False,
     ) -> tuple[Tensor, MemoryState | None]:
         """ids (b, n) at local positions pos..pos+n-1 through every layer -> (final hidden states
-        before the norm (b, n, hidden), new memory state); with ``half``, the weight products from
-        float16 copies."""
+        before the norm (b, n, hidden), new memory state); with ``copies``, the weight products from
+        the decode copies."""
         m = self.hf.model
         h = m.embed_tokens(ids)  # (b, n, hidden)
         held = state.store[0].size if state is not None and state.store else 0
@@ -345,7 +350,7 @@ class InfiniModel(nn.Module):
             a, M, z, st = self._attention(
                 i,
                 layer.self_attn,
-                _norm(layer.input_layernorm, h, half),
+                _norm(layer.input_layernorm, h, copies),
                 (cos, sin),
                 M,
                 z,
@@ -355,10 +360,10 @@ class InfiniModel(nn.Module):
                 cache=cache,
                 write_memory=write_memory,
                 write_store=write_store,
-                half=half,
+                copies=copies,
             )
             h = h + a
-            h = h + self._mlp(layer.mlp, _norm(layer.post_attention_layernorm, h, half), half)
+            h = h + self._mlp(layer.mlp, _norm(layer.post_attention_layernorm, h, copies), copies)
             if write_memory:
                 Ms.append(M)
                 zs.append(z)
@@ -402,13 +407,13 @@ class InfiniModel(nn.Module):
         cache: LocalCache | None,
         write_memory: bool,
         write_store: bool,
-        half: bool = False,
+        copies: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, ExactStore | None]:
-        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z, store); with ``half``,
-        the projections from float16 copies (q, k and v in one product)."""
+        """One layer's Infini-attention on x (b, n, hidden) -> (output, M, z, store); with
+        ``copies``, the projections from the decode copies (q, k and v in one product)."""
         b, n, _ = x.shape
         kh, g, d = self.n_kv, self.groups, self.head_dim
-        q, k, v = self._products((attn.q_proj, attn.k_proj, attn.v_proj), x, half)
+        q, k, v = self._products((attn.q_proj, attn.k_proj, attn.v_proj), x, copies)
         q = q.view(b, n, kh * g, d).transpose(1, 2)  # (b, h, n, d)
         k = k.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
         v = v.view(b, n, kh, d).transpose(1, 2)  # (b, k, n, d)
@@ -466,7 +471,7 @@ class InfiniModel(nn.Module):
         # memory off (the control): plain local attention, no gate scaling
         a = gate(a_mem, a_dot, self.gates[i]) if self.cfg.enabled else a_dot  # (b, h, n, d)
         a = a.transpose(1, 2).reshape(b, n, kh * g * d)
-        return self._products((attn.o_proj,), a, half)[0], M, z, st
+        return self._products((attn.o_proj,), a, copies)[0], M, z, st
 
     def _residual_after(self, fk: Tensor, v: Tensor, M: Tensor | None, z: Tensor | None) -> Tensor:
         """The ``residual-after`` score of one segment's key features fk = phi(K) and values v
