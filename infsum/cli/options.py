@@ -189,8 +189,9 @@ Dtype = Annotated[
     typer.Option(
         show_default=False,
         help="Weight precision; auto: bfloat16 on CUDA and on CPUs with native bfloat16 "
-        "(avx512_bf16, amx_bf16), else float32, decoded tokens reading float16 copies of the "
-        "weights where the CPU has F16C; float32: float32 throughout [default: auto].",
+        "(avx512_bf16, amx_bf16), decoded tokens reading int4 copies of the weights there on a "
+        "CPU; else float32, decoded tokens reading float16 copies where the CPU has F16C; "
+        "float32, bfloat16: those weights throughout [default: auto].",
     ),
 ]
 Strategy = Annotated[
