@@ -156,8 +156,8 @@ def int4_grid(w: Tensor, *, packed: bool = False) -> tuple[Tensor, Tensor] | Non
 
 def int8_halves(w: Tensor, *, packed: bool = False) -> list[tuple[Tensor, Tensor]]:
     """``w`` (n, k) rounded to 8 bits per 32 inputs, q = round(w / d) in -127..127 with d = the
-    group's largest magnitude / 127 (Q8_0's grid; error at most d / 2 plus the scale's rounding to
-    bfloat16, within ``GRID_TOL``), as two 4-bit grids (each as ``int4_grid`` gives one) whose
+    group's largest magnitude / 127 rounded to bfloat16 (Q8_0's grid; error at most d / 2, about
+    2^-8 of that magnitude, within ``GRID_TOL``), as two 4-bit grids (each as ``int4_grid`` gives one) whose
     products sum to its product: the high half, q // 16 with the scale 16 d, and the low half,
     q mod 16 with the scale d."""
     his, los, hszs, lszs = [], [], [], []
@@ -204,7 +204,7 @@ class DecodeCopies:
 
     def __init__(self, fmt: str = FLOAT16) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"decode weights must be one of {FORMATS}, not {fmt!r}")
+            raise ValueError(f"decode weights must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.format = fmt
         self._copies: dict[Group, _Copy] = {}
 
