@@ -105,6 +105,18 @@ def test_the_copies_go_with_the_model_and_its_other_configs(tiny_hf):
     assert convert(tiny_hf, MemoryConfig(segment_len=SEG))._copies is not model._copies
 
 
+@pytest.mark.parametrize("fmt", ["float16", "int4"])
+def test_every_copy_a_decoded_token_reads_can_be_built_before_it(tiny_hf, fmt):
+    model = convert(tiny_hf, MemoryConfig(segment_len=SEG))
+    assert model.prepare_decode() is False and not model._copies._copies  # no copies asked for
+    model.decode_weights = fmt
+    assert model.prepare_decode() is True
+    built = dict(model._copies._copies)
+    assert len(built) == 4 * model.n_layers + 1  # q/k/v, o, gate/up, down per layer; the LM head
+    _decode_steps(model, torch.randint(0, 49152, (SEG + 3,), generator=torch.Generator().manual_seed(5)), 2)
+    assert model._copies._copies == built  # decoding read them: none built again
+
+
 def test_a_decoded_tokens_rms_norm_is_torchs_fused_one_with_the_same_values(tiny_hf):
     torch.manual_seed(0)
     norm = tiny_hf.model.layers[0].input_layernorm

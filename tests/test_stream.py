@@ -76,6 +76,23 @@ def test_the_heap_is_given_back_after_every_segment_and_every_answer(reader, mon
     assert calls == ["trim", "trim"]  # one batched forward per segment: both rows, then the first
 
 
+@pytest.mark.parametrize("copies", [None, "float16"])
+def test_decode_copies_are_built_before_the_prefill_then_the_heap_given_back(reader, copies, monkeypatch):
+    calls: list[object] = []
+    model = reader.model
+    prepare, decode = model.prepare_decode, model.decode
+    monkeypatch.setattr(stream, "release_freed", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(model, "prepare_decode", lambda: calls.append("prepare") or prepare())
+    monkeypatch.setattr(model, "decode", lambda ids, *rest: calls.append(ids.shape[1]) or decode(ids, *rest))
+    model.decode_weights = copies
+    state = reader.read(_ids(20))
+    calls.clear()
+    reader.generate(state, _ids(5, seed=1), replace(GREEDY, max_new_tokens=3, min_new_tokens=3))
+    prefill = calls[2] if copies else calls[1]
+    assert calls == ["prepare", *(["trim"] if copies else []), prefill, 1, 1, 1, "trim"]  # a step per token
+    assert isinstance(prefill, int) and prefill > 5  # the pending tail and the prompt in one step
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_the_heap_is_trimmed_through_glibc():
     assert stream.release_freed() is True

@@ -208,6 +208,11 @@ class DecodeCopies:
         self.format = fmt
         self._copies: dict[Group, _Copy] = {}
 
+    def prepare(self, linears: Sequence[nn.Module]) -> None:
+        """Build the copy of ``linears`` now if it is missing or stale (``linear`` would on its first
+        use), so that it can be built before a step's activations are on the heap."""
+        self._entry(tuple(linears))
+
     def linear(self, linears: Sequence[nn.Module], x: Tensor) -> list[Tensor] | None:
         """``[lin(x) for lin in linears]`` from one copy of their stacked weights, in x's dtype (the
         linears must share their input size); None where one of them is not a plain ``nn.Linear``
@@ -217,7 +222,15 @@ class DecodeCopies:
         Float16 holds values up to 65,504: a product outside it comes back as inf or nan, which the
         caller checks for (``InfiniModel.decode`` checks the step's logits and redoes the step from
         the weights themselves). The int4 copies compute in bfloat16, whose range is float32's."""
-        group = tuple(linears)
+        entry = self._entry(tuple(linears))
+        if entry is None or entry[1] is None:
+            return None
+        _, copy, splits = entry
+        return list(copy(x).split(splits, dim=-1))  # type: ignore[misc]
+
+    def _entry(self, group: Group) -> _Copy | None:
+        """``group``'s copy, built where it is missing or stale; None where a linear is of a kind
+        that has no copy."""
         key = _key(group)
         if key is None:
             return None
@@ -228,10 +241,7 @@ class DecodeCopies:
             splits = tuple(w.shape[0] for w, _ in parts)
             entry = self._copies[group] = (key, _build(self.format, parts, old), splits)
             del old
-        _, copy, splits = entry
-        if copy is None:
-            return None
-        return list(copy(x).split(splits, dim=-1))
+        return entry
 
 
 def products(linears: Sequence[nn.Module], x: Tensor, copies: DecodeCopies | None = None) -> list[Tensor]:

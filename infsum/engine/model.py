@@ -239,6 +239,23 @@ class InfiniModel(nn.Module):
         cache.pos += m
         return out
 
+    def prepare_decode(self) -> bool:
+        """Build the weight copies decoded tokens read (``decode_weights``) now, where they are
+        missing or stale, rather than on the first decoded token -> whether there are copies. The
+        reader calls it before a prompt's prefill and gives the heap back after it: built after the
+        prefill, the copies' temporaries stacked on its freed activations (docs/speed.md)."""
+        if self.decode_weights is None:
+            return False
+        for layer in self.hf.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self._copies.prepare((attn.q_proj, attn.k_proj, attn.v_proj))
+            self._copies.prepare((attn.o_proj,))
+            if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                self._copies.prepare((mlp.gate_proj, mlp.up_proj))
+                self._copies.prepare((mlp.down_proj,))
+        self._copies.prepare((self.hf.lm_head,))
+        return True
+
     def commit(self, state: MemoryState | None, cache: LocalCache) -> MemoryState | None:
         """Write the cached local segment into memory (and store) and empty the cache -> new state."""
         n = cache.pos

@@ -320,6 +320,8 @@ class InfiniReader:
         """Prefill the local segment, then one token at a time, rolling into memory when it fills.
         Store pairs from stream index ``hide_from`` on are hidden (they are re-read locally); the
         ``spared`` sequences' continuations escape the repetition rules."""
+        if self.model.prepare_decode():  # the copies built before the prefill, the heap given back
+            self._release()
         cache = self.model.new_cache(1)
         cache.hide_from = hide_from
         logits = self.model.decode(local.to(self.device)[None], memory, cache)[0]
