@@ -24,7 +24,7 @@ Streaming keeps the weights themselves: with many rows the products are faster f
 ``DecodeCopies`` holds one model's copies (``InfiniModel`` owns one, shared with the models
 ``with_config`` makes, so the copies go with the model). Products that share their input are fused
 into one copy (q, k, v; gate, up); a LoRA linear is copied with its merged weight. A copy is built
-on first use and rebuilt when a weight changes (its storage or its version, as
+on first use (or ahead of it, ``prepare``) and rebuilt when a weight changes (its storage or its version, as
 ``LoRALinear.merged_weight`` tracks them).
 """
 
