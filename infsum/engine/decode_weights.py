@@ -223,10 +223,10 @@ class DecodeCopies:
         caller checks for (``InfiniModel.decode`` checks the step's logits and redoes the step from
         the weights themselves). The int4 copies compute in bfloat16, whose range is float32's."""
         entry = self._entry(tuple(linears))
-        if entry is None or entry[1] is None:
+        if entry is None:
             return None
         _, copy, splits = entry
-        return list(copy(x).split(splits, dim=-1))  # type: ignore[misc]
+        return None if copy is None else list(copy(x).split(splits, dim=-1))
 
     def _entry(self, group: Group) -> _Copy | None:
         """``group``'s copy, built where it is missing or stale; None where a linear is of a kind

@@ -247,12 +247,12 @@ class InfiniModel(nn.Module):
         if self.decode_weights is None:
             return False
         for layer in self.hf.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
+            attn, mlp = layer.self_attn, _llama_mlp(layer.mlp)
             self._copies.prepare((attn.q_proj, attn.k_proj, attn.v_proj))
             self._copies.prepare((attn.o_proj,))
-            if all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-                self._copies.prepare((mlp.gate_proj, mlp.up_proj))
-                self._copies.prepare((mlp.down_proj,))
+            if mlp is not None:
+                self._copies.prepare(mlp[:2])  # gate and up
+                self._copies.prepare(mlp[2:3])  # down
         self._copies.prepare((self.hf.lm_head,))
         return True
 
@@ -331,11 +331,10 @@ class InfiniModel(nn.Module):
     def _mlp(self, mlp: nn.Module, x: Tensor, copies: bool) -> Tensor:
         """The layer's MLP on x; with ``copies``, a Llama-style MLP (down(act(gate(x)) * up(x)))
         from the decode copies, gate and up in one product."""
-        gate_proj, up_proj, down_proj, act = (
-            getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn")
-        )
-        if not copies or None in (gate_proj, up_proj, down_proj, act):
+        parts = _llama_mlp(mlp) if copies else None
+        if parts is None:
             return mlp(x)
+        gate_proj, up_proj, down_proj, act = parts
         g, u = self._products((gate_proj, up_proj), x, True)
         return self._products((down_proj,), act(g) * u, True)[0]
 
@@ -624,6 +623,15 @@ class InfiniModel(nn.Module):
             seen = torch.ones(size, size, dtype=torch.bool, device=device).tril()
             self._consts[key] = ~seen if future else seen
         return self._consts[key][:n, :n]
+
+
+def _llama_mlp(mlp: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
+    """(gate_proj, up_proj, down_proj, act_fn) of a Llama-style MLP, down(act(gate(x)) * up(x));
+    None for an MLP of another form (run as it is, never from the decode copies)."""
+    gate, up, down, act = (getattr(mlp, p, None) for p in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+    if gate is None or up is None or down is None or act is None:
+        return None
+    return gate, up, down, act
 
 
 def _norm(norm: nn.Module, x: Tensor, fused: bool) -> Tensor:
